@@ -1,0 +1,1 @@
+"""evaluation of hf_ddpm."""

@@ -1,0 +1,1 @@
+"""models of hf_ddpm."""

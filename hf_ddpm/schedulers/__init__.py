@@ -1,0 +1,1 @@
+"""schedulers of hf_ddpm."""
