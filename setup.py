@@ -31,6 +31,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["hf_ddpm", "hf_ddpm.*"]),
+    # hf_ddpm/model_card.md links to the top-level template, so the card ships inside the wheel too.
+    package_data={"hf_ddpm": ["model_card.md"]},
     python_requires=">=3.10",
     install_requires=install_requires,
     extras_require=extras,
