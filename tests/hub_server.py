@@ -178,13 +178,19 @@ class HubError(Exception):
     """An HTTP error answer, with the `X-Error-Code` the client maps to its exception classes."""
 
     def __init__(
-        self, status: int, message: str, code: str | None = None, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.headers = headers or {}
+        self.extra = extra or {}  # more fields of the JSON error body
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,19 +249,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._body: bytes | None = None
         self._status = 500
         try:
+            # Read the body before routing: an error answered early must not leave it to be parsed as the next request.
+            self.body()
             hub._route(self, method, url.path)
         except HubError as err:
             self._send_error(err)
         except (ConnectionError, TimeoutError):
             self.close_connection = True
         except Exception as err:  # a bug here must show in the test, not hang it: answer 400 (500 is retried)
+            self.close_connection = True  # the request may not have been read to its end
             self._send_error(HubError(400, f"hub_server internal error: {type(err).__name__}: {err}"))
         finally:
-            unread = self._body is None and (
-                int(self.headers.get("Content-Length") or 0) > 0 or "Transfer-Encoding" in self.headers
-            )
-            if unread:
-                self.close_connection = True  # an unread body would be parsed as the next request
             hub._log(RequestRecord(method, url.path, self._status))
 
     def body(self) -> bytes:
@@ -330,7 +334,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers["X-Error-Message"] = err.message.encode("ascii", "replace").decode().replace("\n", " ")
         if err.code is not None:
             headers["X-Error-Code"] = err.code
-        self.send_json({"error": err.message}, status=err.status, headers=headers)
+        self.send_json({**err.extra, "error": err.message}, status=err.status, headers=headers)
 
 
 class _ThreadingServer(http.server.ThreadingHTTPServer):
@@ -486,7 +490,8 @@ class HubServer:
 
     def new_repo_id(self, name: str = "repo") -> str:
         """A repo id under `user` that no other call returns: `"<user>/<name>-<8 hex>"`."""
-        name = re.sub(r"[^A-Za-z0-9_.]+", "-", name).strip("-.")[:60] or "repo"
+        # Hub names allow letters, digits, "-", "_" and ".", but no "--" or "..".
+        name = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.]+", "-", name)).strip("-.")[:60].strip("-.") or "repo"
         return f"{self.user}/{name}-{secrets.token_hex(4)}"
 
     @property
@@ -640,7 +645,8 @@ class HubServer:
         with self._lock:
             if (repo_type, repo_id) in self._repos:
                 url = self._url(self._repos[(repo_type, repo_id)])
-                raise HubError(409, f"You already created this {repo_type} repo: {url}")
+                # `create_repo(exist_ok=True)` reads the url from this 409 answer, as from a 200 one.
+                raise HubError(409, f"You already created this {repo_type} repo: {url}", extra={"url": url})
             repo = Repo(repo_type, repo_id, private, datetime.datetime.now(datetime.timezone.utc))
             initial = self._apply_commit(
                 repo, None, [("file", ".gitattributes", DEFAULT_GITATTRIBUTES.encode())], "initial commit", ""
