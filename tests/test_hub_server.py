@@ -52,11 +52,12 @@ def _raw_request(server, method: str, path: str, body: bytes = b"", headers: dic
 
 @pytest.fixture
 def folder(tmp_path):
-    """A small text file, a *.safetensors file and an 11 MB file: one regular upload and two LFS ones."""
+    """Small text files, a *.safetensors file and an 11 MB file: regular uploads and two LFS ones."""
     root = tmp_path / "folder"
-    (root / "weights").mkdir(parents=True)
+    (root / "weights" / "tiny").mkdir(parents=True)
     files = {
         "notes.txt": b"DDPM: Ho, Jain, Abbeel 2020\n",
+        "weights/tiny/README.txt": b"git sorts tiny.safetensors before this tiny/ folder\n",
         "weights/tiny.safetensors": os.urandom(2048),
         "large.dat": os.urandom(11 * 1024 * 1024),
     }
@@ -203,6 +204,7 @@ def test_ids_are_the_ones_git_computes(hub_server, uploaded, tmp_path):
     # `git ls-files -s` prints "<mode> <blob id> <stage>\t<path>".
     expected = {line.split("\t")[1]: line.split()[1] for line in git("ls-files", "-s").splitlines()}
     expected["weights"] = git("write-tree", "--prefix=weights/")
+    expected["weights/tiny"] = git("write-tree", "--prefix=weights/tiny/")
 
     tree = {entry.path: entry for entry in HfApi().list_repo_tree(repo_id, recursive=True)}
     assert {path: getattr(e, "blob_id", None) or e.tree_id for path, e in tree.items()} == expected
@@ -263,6 +265,40 @@ def test_tree_listing_is_paginated_and_expands_last_commit(hub_server, hub_repo_
     assert {e.last_commit.oid for e in entries} == {info.oid}
     tree_requests = [r for r in hub_server.request_log[before:] if "/tree/" in r.path]
     assert len(tree_requests) == 2
+
+    infos = HfApi().get_paths_info(hub_repo_id, ["shards", "shards/part-007.txt", "missing.txt"])
+    assert [(type(i).__name__, i.path) for i in infos] == [
+        ("RepoFolder", "shards"),
+        ("RepoFile", "shards/part-007.txt"),
+    ]
+
+
+def test_branches_and_tags_resolve_like_revisions(hub_server, hub_repo_id, tmp_path):
+    api = HfApi()
+    create_repo(hub_repo_id)
+    api.create_branch(hub_repo_id, branch="dev")
+    dev = upload_file(path_or_fileobj=b"on dev", path_in_repo="dev.txt", repo_id=hub_repo_id, revision="dev")
+    api.create_tag(hub_repo_id, tag="v0.1", revision="dev")
+    refs = api.list_repo_refs(hub_repo_id)
+    assert {b.name: b.target_commit for b in refs.branches} == {"main": model_info(hub_repo_id).sha, "dev": dev.oid}
+    assert [(t.name, t.target_commit) for t in refs.tags] == [("v0.1", dev.oid)]
+    path = hf_hub_download(hub_repo_id, "dev.txt", revision="v0.1", cache_dir=tmp_path)
+    assert open(path, "rb").read() == b"on dev"
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(hub_repo_id, "dev.txt", revision="main", cache_dir=tmp_path)
+    api.delete_branch(hub_repo_id, branch="dev")
+    with pytest.raises(RevisionNotFoundError):
+        model_info(hub_repo_id, revision="dev")
+
+
+def test_dataset_repos_are_served_under_their_url_prefix(hub_server, hub_repo_id, tmp_path):
+    url = create_repo(hub_repo_id, repo_type="dataset")
+    assert str(url) == f"{hub_server.endpoint}/datasets/{hub_repo_id}"
+    upload_file(path_or_fileobj=b"x,y\n1,2\n", path_in_repo="data.csv", repo_id=hub_repo_id, repo_type="dataset")
+    path = hf_hub_download(hub_repo_id, "data.csv", repo_type="dataset", cache_dir=tmp_path)
+    assert open(path, "rb").read() == b"x,y\n1,2\n"
+    with pytest.raises(RepositoryNotFoundError):
+        model_info(hub_repo_id)  # same id, other repo type
 
 
 # ---- downloads --------------------------------------------------------------------------------------------------
