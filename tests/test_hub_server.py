@@ -50,29 +50,30 @@ def _raw_request(server, method: str, path: str, body: bytes = b"", headers: dic
         conn.close()
 
 
-@pytest.fixture
-def folder(tmp_path):
-    """Small text files, a *.safetensors file and an 11 MB file: regular uploads and two LFS ones."""
-    root = tmp_path / "folder"
-    (root / "weights" / "tiny").mkdir(parents=True)
+def _write_folder(root: Path, files: dict[str, bytes]) -> Path:
+    for name, content in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(content)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uploaded(hub_server, tmp_path_factory):
+    """One repo, uploaded once and only read by the tests that use it: (repo_id, files, commit_info).
+
+    Small text files (regular uploads), a *.safetensors file and an 11 MB file (LFS by name and by size).
+    """
     files = {
         "notes.txt": b"DDPM: Ho, Jain, Abbeel 2020\n",
         "weights/tiny/README.txt": b"git sorts tiny.safetensors before this tiny/ folder\n",
         "weights/tiny.safetensors": os.urandom(2048),
         "large.dat": os.urandom(11 * 1024 * 1024),
     }
-    for name, content in files.items():
-        (root / name).write_bytes(content)
-    return root, files
-
-
-@pytest.fixture
-def uploaded(hub_server, hub_repo_id, folder):
-    """`folder` uploaded to a fresh repo: (repo_id, files, commit_info)."""
-    root, files = folder
-    create_repo(hub_repo_id)
-    info = upload_folder(repo_id=hub_repo_id, folder_path=root, commit_message="upload test folder")
-    return hub_repo_id, files, info
+    repo_id = hub_server.new_repo_id("shared-upload")
+    create_repo(repo_id)
+    root = _write_folder(tmp_path_factory.mktemp("folder"), files)
+    info = upload_folder(repo_id=repo_id, folder_path=root, commit_message="upload test folder")
+    return repo_id, files, info
 
 
 # ---- repos ------------------------------------------------------------------------------------------------------
@@ -210,19 +211,22 @@ def test_ids_are_the_ones_git_computes(hub_server, uploaded, tmp_path):
     assert {path: getattr(e, "blob_id", None) or e.tree_id for path, e in tree.items()} == expected
 
 
-def test_second_commit_moves_main_and_old_revision_still_downloads(hub_server, uploaded, folder, tmp_path):
-    repo_id, files, first = uploaded
-    root, _ = folder
-    assert upload_folder(repo_id=repo_id, folder_path=root).oid == first.oid  # unchanged files: no new commit
+def test_second_commit_moves_main_and_old_revision_still_downloads(hub_server, hub_repo_id, tmp_path):
+    files = {"notes.txt": b"DDPM: Ho, Jain, Abbeel 2020\n", "w.safetensors": os.urandom(1024)}
+    root = _write_folder(tmp_path / "folder", files)
+    create_repo(hub_repo_id)
+    first = upload_folder(repo_id=hub_repo_id, folder_path=root)
+    # Unchanged files (the preupload answer carries their remote oids) make no new commit.
+    assert upload_folder(repo_id=hub_repo_id, folder_path=root).oid == first.oid
 
     (root / "notes.txt").write_bytes(b"DDIM: Song, Meng, Ermon 2021\n")
-    second = upload_folder(repo_id=repo_id, folder_path=root, commit_message="edit notes")
+    second = upload_folder(repo_id=hub_repo_id, folder_path=root, commit_message="edit notes")
     assert second.oid != first.oid
-    assert model_info(repo_id).sha == second.oid
-    assert [c.commit_id for c in HfApi().list_repo_commits(repo_id)][:2] == [second.oid, first.oid]
+    assert model_info(hub_repo_id).sha == second.oid
+    assert [c.commit_id for c in HfApi().list_repo_commits(hub_repo_id)][:2] == [second.oid, first.oid]
 
-    old = hf_hub_download(repo_id, "notes.txt", revision=first.oid, cache_dir=tmp_path)
-    new = hf_hub_download(repo_id, "notes.txt", cache_dir=tmp_path)
+    old = hf_hub_download(hub_repo_id, "notes.txt", revision=first.oid, cache_dir=tmp_path / "cache")
+    new = hf_hub_download(hub_repo_id, "notes.txt", cache_dir=tmp_path / "cache")
     assert open(old, "rb").read() == files["notes.txt"]
     assert open(new, "rb").read() == b"DDIM: Song, Meng, Ermon 2021\n"
 
