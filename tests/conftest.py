@@ -10,7 +10,7 @@ before any test module (or diffusers, which imports huggingface_hub) is imported
   ~/.cache. Variables that would move the caches elsewhere (`HF_HUB_CACHE`, ...) are removed.
 - `HF_TOKEN`: a fake token (the local Hub accepts any `Bearer` token; writes need one).
 - `HF_HUB_DISABLE_XET=1` (the local Hub speaks the LFS protocol, not Xet), `HF_HUB_DISABLE_TELEMETRY=1`,
-  `HF_HUB_DISABLE_PROGRESS_BARS=1`; `HF_HUB_OFFLINE` is removed.
+  `HF_HUB_DISABLE_PROGRESS_BARS=1`; `HF_HUB_OFFLINE` is removed, and 127.0.0.1 is added to `NO_PROXY`.
 
 Subprocess-based tests (e.g. `accelerate launch`, a CLI run with `subprocess`) inherit this environment, so they use
 the same Hub and cache; the server itself lives in the pytest process, so such a test must request the `hub_server`
@@ -50,6 +50,7 @@ for _name in (
     "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HUGGINGFACE_CO_STAGING", "HF_HUB_CACHE",
     "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HUGGINGFACE_ASSETS_CACHE", "HF_XET_CACHE", "HF_DATASETS_CACHE",
     "HF_MODULES_CACHE", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "HUGGING_FACE_HUB_TOKEN", "DIFFUSERS_CACHE",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN",
 ):  # fmt: skip
     os.environ.pop(_name, None)
 os.environ.update(
@@ -62,6 +63,9 @@ os.environ.update(
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     }
 )
+# A proxy configured for the package index must not capture the loopback Hub (httpx honours these variables).
+for _name in ("NO_PROXY", "no_proxy"):
+    os.environ[_name] = ",".join(filter(None, [os.environ.get(_name), "127.0.0.1", "localhost"]))
 
 import pytest  # noqa: E402
 

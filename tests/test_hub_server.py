@@ -407,7 +407,10 @@ def test_custom_component_code_is_downloaded_with_trust_remote_code(hub_server, 
 
 def test_server_binds_loopback_only_and_stop_closes_idle_connections():
     threads_before = set(threading.enumerate())
-    server = hub_server_module.HubServer().start()
+    reserved = hub_server_module.reserve_port()
+    with pytest.raises(ConnectionRefusedError):  # bound but not listening: Hub calls fail fast before start()
+        socket.create_connection(reserved.getsockname(), timeout=5)
+    server = hub_server_module.HubServer(reserved).start()
     assert server.endpoint == f"http://127.0.0.1:{server.port}"
     idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     idle.request("GET", "/api/whoami-v2", headers={"Authorization": "Bearer x"})
