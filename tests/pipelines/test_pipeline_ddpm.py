@@ -1,0 +1,221 @@
+"""DDPMPipeline sampling: drop-in equality with stock diffusers, randomness, outputs, callbacks, bad input."""
+
+import io
+
+import diffusers
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
+from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
+from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
+
+
+def stock_images(stock_pipe, seed, **kwargs):
+    return stock_pipe(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+
+
+@pytest.mark.parametrize("num_inference_steps", [None, 4])
+def test_same_images_as_stock_diffusers_ddpm_pipeline(ddpm_pipe, stock_unet_like, quiet, num_inference_steps):
+    # Oracle: diffusers.DDPMPipeline with the same weights, the stock scheduler of the same config, same generator.
+    T = ddpm_pipe.scheduler.config.num_train_timesteps
+    stock = quiet(
+        diffusers.DDPMPipeline(
+            unet=stock_unet_like(ddpm_pipe.unet),
+            scheduler=diffusers.DDPMScheduler.from_config(ddpm_pipe.scheduler.config),
+        )
+    )
+    ours = ddpm_pipe(
+        batch_size=2,
+        generator=torch.Generator().manual_seed(3),
+        num_inference_steps=num_inference_steps,
+        output_type="np",
+    ).images
+    theirs = stock_images(stock, 3, batch_size=2, num_inference_steps=num_inference_steps or T)
+    assert ours.shape == theirs.shape == (2, 8, 8, 3)
+    np.testing.assert_allclose(ours, theirs, atol=2e-5, rtol=0)
+    # Not a vacuous match: the images are not constant.
+    assert ours.std() > 0.05
+
+
+def test_same_images_as_stock_diffusers_ddim_pipeline_with_eta(ddim_pipe, stock_unet_like, quiet):
+    # "leading" spacing with S dividing T is where stock DDIM is right, so it is an oracle there; η = 1 exercises
+    # the per-step noise drawn from the generator.
+    stock = quiet(
+        diffusers.DDIMPipeline(
+            unet=stock_unet_like(ddim_pipe.unet),
+            scheduler=diffusers.DDIMScheduler.from_config(ddim_pipe.scheduler.config),
+        )
+    )
+    ours = ddim_pipe(batch_size=2, generator=torch.Generator().manual_seed(5), num_inference_steps=5, eta=1.0)
+    theirs = stock_images(stock, 5, batch_size=2, num_inference_steps=5, eta=1.0)
+    np.testing.assert_allclose(np.stack([np.asarray(im) for im in ours.images]), (theirs * 255).round(), atol=1)
+
+
+def test_default_num_inference_steps_is_T_for_ddpm_and_50_for_ddim(gaussian_pipe):
+    seen = {}
+    for name, scheduler_cls in (("ddpm", DDPMScheduler), ("ddim", DDIMScheduler)):
+        pipe = gaussian_pipe(scheduler_cls, num_train_timesteps=200)
+        steps = []
+        pipe(output_type="pt", callback_on_step_end=lambda p, i, t, kw, steps=steps: steps.append(int(t)) or {})
+        seen[name] = steps
+    assert len(seen["ddpm"]) == 200 and seen["ddpm"] == list(range(199, -1, -1))
+    assert len(seen["ddim"]) == 50
+
+
+def test_generator_list_gives_each_sample_the_same_image_in_a_batch_of_1_or_8(ddpm_pipe):
+    # DDPM draws fresh noise every step, so this pins that both x_T and the per-step noise come from generator[i].
+    def generators(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batch = ddpm_pipe(batch_size=8, generator=generators(range(8)), num_inference_steps=4, output_type="pt").images
+    for i in (0, 5):
+        alone = ddpm_pipe(batch_size=1, generator=generators([i]), num_inference_steps=4, output_type="pt").images
+        torch.testing.assert_close(alone[0], batch[i], atol=1e-5, rtol=0)
+    # And the samples differ from each other.
+    assert (batch[0] - batch[5]).abs().max() > 0.05
+
+
+def test_output_types_hold_the_same_images(ddim_pipe, images_of):
+    pt = images_of(ddim_pipe, seed=1, num_inference_steps=3, output_type="pt")
+    np_images = images_of(ddim_pipe, seed=1, num_inference_steps=3, output_type="np")
+    pil = images_of(ddim_pipe, seed=1, num_inference_steps=3, output_type="pil")
+    assert isinstance(pt, torch.Tensor) and pt.shape == (2, 3, 8, 8)
+    assert 0.0 <= float(pt.min()) and float(pt.max()) <= 1.0
+    assert isinstance(np_images, np.ndarray) and np_images.shape == (2, 8, 8, 3)
+    np.testing.assert_allclose(np_images, pt.permute(0, 2, 3, 1).numpy(), atol=1e-6)
+    assert isinstance(pil, list) and all(isinstance(im, PIL.Image.Image) and im.size == (8, 8) for im in pil)
+    np.testing.assert_array_equal(np.stack([np.asarray(im) for im in pil]), (np_images * 255).round().astype(np.uint8))
+
+
+def test_return_dict_false_returns_a_tuple(ddim_pipe):
+    out = ddim_pipe(num_inference_steps=2, output_type="pt", return_dict=False)
+    assert isinstance(out, tuple) and len(out) == 1 and out[0].shape == (1, 3, 8, 8)
+
+
+def test_latents_are_x_T_and_replace_the_generator(ddim_pipe):
+    latents = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    a = ddim_pipe(batch_size=2, latents=latents, num_inference_steps=3, output_type="pt").images
+    b = ddim_pipe(
+        batch_size=2,
+        latents=latents,
+        generator=torch.Generator().manual_seed(9),
+        num_inference_steps=3,
+        output_type="pt",
+    ).images
+    c = ddim_pipe(
+        batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt"
+    ).images
+    torch.testing.assert_close(a, b)  # η = 0: x_T fixes the image
+    torch.testing.assert_close(a, c)  # and the seeded draw of x_T is that same tensor
+
+
+def test_callback_on_step_end_sees_every_step_and_can_replace_latents(ddim_pipe):
+    calls = []
+
+    def callback(pipe, i, t, callback_kwargs):
+        calls.append((i, int(t), callback_kwargs["latents"].shape))
+        if i == len(pipe.scheduler.timesteps) - 1:
+            return {"latents": torch.zeros_like(callback_kwargs["latents"])}
+        return {}
+
+    images = ddim_pipe(num_inference_steps=4, output_type="pt", callback_on_step_end=callback).images
+    assert [c[0] for c in calls] == [0, 1, 2, 3]
+    assert [c[1] for c in calls] == ddim_pipe.scheduler.timesteps.tolist()
+    # x_0 = 0 in [-1, 1] is mid-grey 0.5 in [0, 1]: the replacement reached the output.
+    torch.testing.assert_close(images, torch.full_like(images, 0.5))
+
+
+def test_progress_bar_follows_set_progress_bar_config(ddim_pipe):
+    buffer = io.StringIO()
+    ddim_pipe.set_progress_bar_config(disable=False, file=buffer, ascii=True)
+    ddim_pipe(num_inference_steps=3, output_type="pt")
+    assert "3/3" in buffer.getvalue()
+
+
+def test_sigma_hat_reaches_the_ddim_step(ddim_pipe):
+    # Oracle: the same loop run by hand with the scheduler's own σ̂ step.
+    generator = torch.Generator().manual_seed(4)
+    ours = ddim_pipe(generator=generator, num_inference_steps=3, sigma_hat=True, output_type="pt").images
+
+    generator = torch.Generator().manual_seed(4)
+    scheduler = DDIMScheduler.from_config(ddim_pipe.scheduler.config)
+    scheduler.set_timesteps(3)
+    x = torch.randn(1, 3, 8, 8, generator=generator)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(ddim_pipe.unet(x, t).sample, t, x, generator=generator, sigma_hat=True).prev_sample
+    torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+    plain = ddim_pipe(generator=torch.Generator().manual_seed(4), num_inference_steps=3, eta=1.0, output_type="pt")
+    assert (plain.images - ours).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, True])
+def test_bad_batch_size_is_refused(ddim_pipe, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        ddim_pipe(batch_size=batch_size)
+
+
+@pytest.mark.parametrize("num_inference_steps", [0, 11, 2.0])
+def test_num_inference_steps_outside_the_schedule_is_refused(ddpm_pipe, num_inference_steps):
+    with pytest.raises(ValueError, match=r"num_inference_steps.*\[1, 10\]"):
+        ddpm_pipe(num_inference_steps=num_inference_steps)
+
+
+def test_unknown_output_type_is_refused(ddim_pipe):
+    with pytest.raises(ValueError, match=r"output_type.*'pil', 'np', 'pt'.*'jpeg'"):
+        ddim_pipe(output_type="jpeg")
+
+
+@pytest.mark.parametrize(
+    ("latents", "match"),
+    [
+        (torch.zeros(1, 3, 8, 8), r"shape \(2, 3, 8, 8\)"),
+        (torch.zeros(2, 1, 8, 8), r"shape \(2, 3, 8, 8\)"),
+        (torch.zeros(2, 3, 8, 8, dtype=torch.float64), "dtype"),
+        (torch.zeros(2, 3, 8, 8, device="meta"), "device"),
+        (np.zeros((2, 3, 8, 8), dtype=np.float32), "torch.Tensor"),
+    ],
+)
+def test_bad_latents_are_refused(ddim_pipe, latents, match):
+    with pytest.raises(ValueError, match=match):
+        ddim_pipe(batch_size=2, latents=latents)
+
+
+def test_generator_list_of_the_wrong_length_is_refused(ddim_pipe):
+    with pytest.raises(ValueError, match="generator"):
+        ddim_pipe(batch_size=3, generator=[torch.Generator(), torch.Generator()])
+
+
+def test_eta_or_sigma_hat_with_a_scheduler_that_cannot_use_them_is_refused(ddpm_pipe):
+    with pytest.raises(ValueError, match="eta"):
+        ddpm_pipe(eta=0.5)
+    with pytest.raises(ValueError, match="sigma_hat"):
+        ddpm_pipe(sigma_hat=True)
+
+
+def test_unknown_callback_tensor_input_is_refused(ddim_pipe):
+    with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
+        ddim_pipe(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"])
+
+
+def test_works_with_another_diffusers_scheduler_of_the_same_step_api(tiny_unet, quiet):
+    # Any scheduler with diffusers' step API: e.g. Euler, whose x_T is scaled by init_noise_sigma and whose model
+    # input is scaled by scale_model_input. Oracle: the hand-written loop of the diffusers docs.
+    unet = tiny_unet()
+    scheduler = diffusers.EulerDiscreteScheduler(num_train_timesteps=10)
+    pipe = quiet(DDPMPipeline(unet=unet, scheduler=scheduler))
+    ours = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="pt").images
+
+    generator = torch.Generator().manual_seed(0)
+    ref = diffusers.EulerDiscreteScheduler(num_train_timesteps=10)
+    x = torch.randn(1, 3, 8, 8, generator=generator)
+    ref.set_timesteps(3)
+    x = x * ref.init_noise_sigma
+    with torch.no_grad():
+        for t in ref.timesteps:
+            x = ref.step(unet(ref.scale_model_input(x, t), t).sample, t, x, generator=generator).prev_sample
+    torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
