@@ -1,1 +1,6 @@
-"""training of hf_ddpm."""
+"""Training of hf_ddpm: flags (`args`), checkpoints (`checkpoint`), the loss (`loss`) and the Accelerate loop (`loop`).
+
+Import from the submodules (`from hf_ddpm.training.loop import train`); this package imports nothing heavy itself.
+"""
+
+__all__ = ["args", "checkpoint", "data", "loop", "loss"]

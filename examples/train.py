@@ -1,0 +1,12 @@
+"""Train a DDPM (Ho et al. 2020): `accelerate launch examples/train.py --help` lists every flag with its default.
+
+Example (the offline MNIST digits, a small CPU model):
+
+    accelerate launch examples/train.py --model_config digits-16 --resolution 16 --output_dir ddpm-digits
+"""
+
+from hf_ddpm.training.args import parse_args
+from hf_ddpm.training.loop import train
+
+if __name__ == "__main__":
+    train(parse_args())

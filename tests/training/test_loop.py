@@ -1,0 +1,231 @@
+"""The training loop: exact resume, checkpoints, NaN handling, outputs, mixed precision."""
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
+from hf_ddpm.training import loop
+from hf_ddpm.training.args import parse_args
+from hf_ddpm.training.loop import train
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "diffusion_pytorch_model.safetensors")
+
+
+def _assert_bit_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(
+    tmp_path, image_dataset, tiny_dropout_config, tiny_flags
+):
+    # Dropout on, random flips on, EMA on, LR still warming up, stop mid-epoch (6 batches per epoch):
+    # data order, augmentations, t, ε, dropout, optimizer, LR schedule and EMA must all come back.
+    common = [
+        "--model_config",
+        tiny_dropout_config,
+        "--random_flip",
+        "--lr_warmup_steps",
+        "5",
+        "--checkpointing_steps",
+        "3",
+    ]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(parse_args(tiny_flags(straight, *common, "--max_train_steps", "6")), dataset=image_dataset)
+    train(parse_args(tiny_flags(interrupted, *common, "--max_train_steps", "3")), dataset=image_dataset)
+    assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-3"]
+    train(
+        parse_args(tiny_flags(interrupted, *common, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")),
+        dataset=image_dataset,
+    )
+
+    for sub in ("unet", "unet_ema"):
+        _assert_bit_identical(_weights(straight / "checkpoint-6" / sub), _weights(interrupted / "checkpoint-6" / sub))
+    _assert_bit_identical(_weights(straight / "unet"), _weights(interrupted / "unet"))
+    # The oracle is not vacuous: training moved the weights between step 3 and step 6.
+    before = _weights(straight / "checkpoint-3" / "unet")
+    after = _weights(straight / "checkpoint-6" / "unet")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    # And the final pipeline carries the EMA weights, not the raw ones.
+    _assert_bit_identical(_weights(straight / "unet"), _weights(straight / "checkpoint-6" / "unet_ema"))
+
+
+def test_output_dir_with_checkpoints_is_refused_unless_resume_or_overwrite(tmp_path, image_dataset, tiny_flags):
+    (tmp_path / "checkpoint-7").mkdir()
+    with pytest.raises(
+        ValueError, match="already holds checkpoints.*--resume_from_checkpoint.*--overwrite_output_dir"
+    ):
+        train(parse_args(tiny_flags(tmp_path, "--max_train_steps", "1")), dataset=image_dataset)
+    assert (tmp_path / "checkpoint-7").is_dir()  # untouched
+
+
+def test_overwrite_output_dir_clears_old_checkpoints_and_limit_prunes_oldest(tmp_path, image_dataset, tiny_flags):
+    (tmp_path / "checkpoint-7").mkdir()
+    (tmp_path / "checkpoint-9.tmp").mkdir()  # an interrupted save: never a checkpoint, cleaned up at start
+    flags = ["--max_train_steps", "3", "--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
+    train(parse_args(tiny_flags(tmp_path, *flags, "--overwrite_output_dir")), dataset=image_dataset)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("checkpoint")) == [
+        "checkpoint-2",
+        "checkpoint-3",
+    ]
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
+    tmp_path, image_dataset, tiny_flags, monkeypatch
+):
+    real_loss, calls = loop.diffusion_loss, []
+
+    def loss_that_diverges_at_step_3(*args, **kwargs):
+        losses = real_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 3:
+            losses["loss"] = losses["loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(loop, "diffusion_loss", loss_that_diverges_at_step_3)
+    flags = tiny_flags(tmp_path, "--max_train_steps", "5", "--checkpointing_steps", "2")
+    with pytest.raises(FloatingPointError, match=r"at step 3 .*checkpoint-2"):
+        train(parse_args(flags), dataset=image_dataset)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert not (tmp_path / "model_index.json").exists()  # no pipeline from a diverged run
+    weights = _weights(tmp_path / "checkpoint-2" / "unet")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    # The kept checkpoint resumes: the same run continues from it once the loss is sane again.
+    monkeypatch.setattr(loop, "diffusion_loss", real_loss)
+    digest = _tree_digest(tmp_path / "checkpoint-2")
+    train(parse_args([*flags, "--resume_from_checkpoint", "latest", "--max_train_steps", "3"]), dataset=image_dataset)
+    assert _tree_digest(tmp_path / "checkpoint-2") == digest
+    assert (tmp_path / "checkpoint-3").is_dir() and (tmp_path / "model_index.json").is_file()
+
+
+def test_outputs_pipeline_card_sample_grid_and_tensorboard_scalars(tmp_path, image_dataset, tiny_flags):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    flags = tiny_flags(
+        tmp_path, "--max_train_steps", "2", "--save_images_steps", "2", "--logger", "tensorboard", "--no-use_ema"
+    )
+    train(parse_args(flags), dataset=image_dataset)
+
+    grid = tmp_path / "samples" / "step-0000002.png"
+    from PIL import Image
+
+    assert Image.open(grid).size == (2 * 8, 2 * 8)  # eval batch 4 → a 2×2 grid of 8×8 samples
+    pipeline = DDPMPipeline.from_pretrained(tmp_path)
+    _assert_bit_identical(
+        {k: v.contiguous() for k, v in pipeline.unet.state_dict().items()},
+        _weights(tmp_path / "checkpoint-2" / "unet"),
+    )
+    assert pipeline.scheduler.config.num_train_timesteps == 1000
+    card = (tmp_path / "README.md").read_text()
+    assert card.startswith("---") and "hf_ddpm" in card and str(tmp_path) not in card
+
+    event_files = [p for p in (tmp_path / "logs").rglob("events.out.tfevents.*")]
+    scalars, images = {}, []
+    for path in event_files:
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars[tag] = [e.step for e in acc.Scalars(tag)]
+        images += acc.Tags()["images"]
+    assert scalars["loss"] == [1, 2] and scalars["lr"] == [1, 2] and "img/s" in scalars
+    assert images == ["samples"]
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, image_dataset, tiny_flags):
+    train(
+        parse_args(tiny_flags(tmp_path, "--max_train_steps", "2", "--mixed_precision", "bf16")), dataset=image_dataset
+    )
+    weights = _weights(tmp_path / "checkpoint-2" / "unet")
+    assert all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in weights.values())  # fp32 master weights
+    pipeline = DDPMPipeline.from_pretrained(tmp_path)
+    images = pipeline(batch_size=1, num_inference_steps=2, output_type="np").images
+    assert np.isfinite(images).all()
+
+
+def _launch(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO_ROOT / "examples" / "train.py"),
+        *args,
+    ]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_flags):
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for i in range(16):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(image_dir / f"{i}.png")
+    out = tmp_path / "out"
+    flags = tiny_flags(
+        out, "--train_data_dir", str(image_dir), "--checkpointing_steps", "2", "--logger", "tensorboard"
+    )
+    result = _launch([*flags, "--max_train_steps", "2"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    result = _launch([*flags, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    # Each rank keeps its own RNG state in the checkpoint (Accelerate's layout); everything else is written once.
+    assert sorted(p.name for p in (out / "checkpoint-4").iterdir()) == [
+        "optimizer.bin",
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+        "scheduler.bin",
+        "unet",
+        "unet_ema",
+    ]
+    assert len(list((out / "logs").rglob("hparams.yml"))) == 2  # one per run, from rank 0 only
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "checkpoint-2",
+            "checkpoint-4",
+            "logs",
+            "model_index.json",
+            "pipeline_ddpm.py",
+            "README.md",
+            "scheduler",
+            "unet",
+        ]
+    )
+    pipeline = DDPMPipeline.from_pretrained(out)
+    _assert_bit_identical(
+        {k: v.contiguous() for k, v in pipeline.unet.state_dict().items()}, _weights(out / "checkpoint-4" / "unet_ema")
+    )
