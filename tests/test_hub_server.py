@@ -379,27 +379,33 @@ def test_pushed_ddpm_pipeline_loads_back_from_the_hub_with_the_same_weights(hub_
     assert {k: v for k, v in loaded.scheduler.config.items() if not k.startswith("_")} == public_config
 
 
-def test_custom_component_code_is_downloaded_with_trust_remote_code(hub_server, hub_repo_id, tmp_path):
+def test_custom_pipeline_and_component_code_is_downloaded_with_trust_remote_code(hub_server, hub_repo_id, tmp_path):
+    """diffusers' custom-code layout: a pipeline module beside model_index.json and a component module in its folder."""
     from diffusers import DiffusionPipeline
 
     local = tmp_path / "pipeline"
     _tiny_ddpm_pipeline().save_pretrained(local)
-    module = f"scheduling_{hub_repo_id.split('-')[-1]}"  # unique: diffusers caches remote modules by name
-    (local / "scheduler" / f"{module}.py").write_text(
+    suffix = hub_repo_id.split("-")[-1]  # unique module names: diffusers caches remote modules by name
+    pipeline_module, scheduler_module = f"pipeline_{suffix}", f"scheduling_{suffix}"
+    (local / f"{pipeline_module}.py").write_text(
+        "from diffusers import DDPMPipeline\n\n\nclass RemotePipeline(DDPMPipeline):\n    pass\n"
+    )
+    (local / "scheduler" / f"{scheduler_module}.py").write_text(
         "from diffusers import DDPMScheduler\n\n\nclass RemoteScheduler(DDPMScheduler):\n    pass\n"
     )
     index = json.loads((local / "model_index.json").read_text())
-    index["scheduler"] = [module, "RemoteScheduler"]
+    index["_class_name"] = [pipeline_module, "RemotePipeline"]
+    index["scheduler"] = [scheduler_module, "RemoteScheduler"]
     (local / "model_index.json").write_text(json.dumps(index))
     create_repo(hub_repo_id)
     upload_folder(repo_id=hub_repo_id, folder_path=local)
 
     before = len(hub_server.request_log)
     loaded = DiffusionPipeline.from_pretrained(hub_repo_id, cache_dir=tmp_path / "cache", trust_remote_code=True)
+    assert type(loaded).__name__ == "RemotePipeline"
     assert type(loaded.scheduler).__name__ == "RemoteScheduler"
-    assert any(
-        r.method == "GET" and r.path.endswith(f"/scheduler/{module}.py") for r in hub_server.request_log[before:]
-    )
+    fetched = {r.path.rsplit("/resolve/", 1)[-1] for r in hub_server.request_log[before:] if r.method == "GET"}
+    assert {f"{pipeline_module}.py", f"scheduler/{scheduler_module}.py"} <= {p.split("/", 1)[1] for p in fetched}
 
 
 # ---- the server itself ------------------------------------------------------------------------------------------
