@@ -6,7 +6,10 @@ Example (the offline MNIST digits, a small CPU model):
 """
 
 from hf_ddpm.training.args import parse_args
-from hf_ddpm.training.loop import train
 
 if __name__ == "__main__":
-    train(parse_args())
+    args = parse_args()
+    # Imported after parsing so that `--help` and flag errors answer without loading torch and diffusers.
+    from hf_ddpm.training.loop import train
+
+    train(args)

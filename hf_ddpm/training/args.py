@@ -180,9 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
     io.add_argument("--push_to_hub", action="store_true", default=False, help="Push the final pipeline to the Hub.")
     io.add_argument(
-        "--hub_model_id", type=str, default=None, help="Repo id on the Hub (default: the name of --output_dir)."
+        "--hub_model_id", type=str, default=None, help="Repo id on the Hub; None uses the name of --output_dir."
     )
-    io.add_argument("--hub_token", type=str, default=None, help="Hub token (default: the logged-in one).")
+    io.add_argument(
+        "--hub_token",
+        type=str,
+        default=None,
+        help="Hub token; None uses the logged-in one. Never written to the model card or the logs.",
+    )
     io.add_argument("--hub_private_repo", action="store_true", default=False, help="Create the Hub repo private.")
     return parser
 

@@ -37,12 +37,8 @@ from tqdm.auto import tqdm
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
-
-try:  # TEMP until the schedulers land
-    from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
-    from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-except ImportError:
-    from diffusers import DDIMScheduler, DDPMScheduler
+from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
+from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 from hf_ddpm.training.args import LEARNED_VARIANCE_TYPES, validate_args
 from hf_ddpm.training.checkpoint import (
     checkpoint_step,
@@ -52,6 +48,7 @@ from hf_ddpm.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from hf_ddpm.training.data import check_resolution, load_image_dataset, make_transform
 from hf_ddpm.training.loss import diffusion_loss
 
 __all__ = ["AugmentedImages", "build_unet", "train", "use_random_flip"]
@@ -244,8 +241,6 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     register_checkpoint_hooks(accelerator, DDPMUNet2DModel, ema_model)
 
     # --- Data. ----------------------------------------------------------------------------------------------------
-    from hf_ddpm.training.data import check_resolution, load_image_dataset, make_transform
-
     check_resolution(args.resolution, unet.num_downsamplings)
     if dataset is None:
         with accelerator.main_process_first():  # the main process downloads/prepares, the others read its cache
@@ -385,7 +380,13 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
                 if ema_model is not None:
                     ema_model.store(unwrapped.parameters())
                     ema_model.copy_to(unwrapped.parameters())
-                pipeline = DDPMPipeline(unet=unwrapped, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+                # DDIM (η = 0) for quick grids; DDIM's step has no use for (nor split of) a learned variance's
+                # channels, so such a model samples with DDPM's step on the same respaced timesteps instead.
+                if args.variance_type in LEARNED_VARIANCE_TYPES:
+                    grid_scheduler = DDPMScheduler.from_config(noise_scheduler.config)
+                else:
+                    grid_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+                pipeline = DDPMPipeline(unet=unwrapped, scheduler=grid_scheduler)
                 pipeline.set_progress_bar_config(disable=True)
                 grid = _sample_grid(pipeline, args)
                 if ema_model is not None:

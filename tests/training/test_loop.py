@@ -37,38 +37,39 @@ def _tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.parametrize(("accumulation", "stop", "total"), [(1, 3, 6), (2, 2, 4)])
 def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(
-    tmp_path, image_dataset, tiny_dropout_config, tiny_flags
+    tmp_path, image_dataset, tiny_dropout_config, tiny_flags, accumulation, stop, total
 ):
-    # Dropout on, random flips on, EMA on, LR still warming up, stop mid-epoch (6 batches per epoch):
-    # data order, augmentations, t, ε, dropout, optimizer, LR schedule and EMA must all come back.
+    # Dropout on, random flips on, EMA on, LR still warming up, stop mid-epoch (6 batches per epoch), with and
+    # without gradient accumulation: data order, augmentations, t, ε, dropout, optimizer, LR schedule and EMA must
+    # all come back.
     common = [
-        "--model_config",
-        tiny_dropout_config,
-        "--random_flip",
-        "--lr_warmup_steps",
-        "5",
-        "--checkpointing_steps",
-        "3",
+        *("--model_config", tiny_dropout_config, "--random_flip", "--lr_warmup_steps", "5"),
+        *("--gradient_accumulation_steps", str(accumulation), "--checkpointing_steps", str(stop)),
     ]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train(parse_args(tiny_flags(straight, *common, "--max_train_steps", "6")), dataset=image_dataset)
-    train(parse_args(tiny_flags(interrupted, *common, "--max_train_steps", "3")), dataset=image_dataset)
-    assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == ["checkpoint-3"]
+    train(parse_args(tiny_flags(straight, *common, "--max_train_steps", str(total))), dataset=image_dataset)
+    train(parse_args(tiny_flags(interrupted, *common, "--max_train_steps", str(stop))), dataset=image_dataset)
+    assert sorted(p.name for p in interrupted.glob("checkpoint-*")) == [f"checkpoint-{stop}"]
     train(
-        parse_args(tiny_flags(interrupted, *common, "--max_train_steps", "6", "--resume_from_checkpoint", "latest")),
+        parse_args(
+            tiny_flags(interrupted, *common, "--max_train_steps", str(total), "--resume_from_checkpoint", "latest")
+        ),
         dataset=image_dataset,
     )
 
     for sub in ("unet", "unet_ema"):
-        _assert_bit_identical(_weights(straight / "checkpoint-6" / sub), _weights(interrupted / "checkpoint-6" / sub))
+        _assert_bit_identical(
+            _weights(straight / f"checkpoint-{total}" / sub), _weights(interrupted / f"checkpoint-{total}" / sub)
+        )
     _assert_bit_identical(_weights(straight / "unet"), _weights(interrupted / "unet"))
     # The oracle is not vacuous: training moved the weights between step 3 and step 6.
-    before = _weights(straight / "checkpoint-3" / "unet")
-    after = _weights(straight / "checkpoint-6" / "unet")
+    before = _weights(straight / f"checkpoint-{stop}" / "unet")
+    after = _weights(straight / f"checkpoint-{total}" / "unet")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # And the final pipeline carries the EMA weights, not the raw ones.
-    _assert_bit_identical(_weights(straight / "unet"), _weights(straight / "checkpoint-6" / "unet_ema"))
+    _assert_bit_identical(_weights(straight / "unet"), _weights(straight / f"checkpoint-{total}" / "unet_ema"))
 
 
 def test_output_dir_with_checkpoints_is_refused_unless_resume_or_overwrite(tmp_path, image_dataset, tiny_flags):
@@ -151,6 +152,15 @@ def test_outputs_pipeline_card_sample_grid_and_tensorboard_scalars(tmp_path, ima
         images += acc.Tags()["images"]
     assert scalars["loss"] == [1, 2] and scalars["lr"] == [1, 2] and "img/s" in scalars
     assert images == ["samples"]
+
+
+def test_hybrid_loss_with_learned_variance_trains_and_samples(tmp_path, image_dataset, tiny_flags):
+    flags = tiny_flags(tmp_path, "--max_train_steps", "2", "--save_images_steps", "2")
+    train(parse_args([*flags, "--variance_type", "learned_range", "--loss_type", "hybrid"]), dataset=image_dataset)
+    pipeline = DDPMPipeline.from_pretrained(tmp_path)
+    assert pipeline.unet.config.out_channels == 2 * pipeline.unet.config.in_channels == 6
+    assert pipeline.scheduler.config.variance_type == "learned_range"
+    assert (tmp_path / "samples" / "step-0000002.png").is_file()
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path, image_dataset, tiny_flags):
