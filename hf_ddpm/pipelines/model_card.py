@@ -69,9 +69,28 @@ def public_settings(settings: dict[str, Any] | None, prefix: str = "") -> dict[s
     return public
 
 
+def _same(a: Any, b: Any) -> bool:
+    # Configs come back from JSON with lists where the preset has tuples.
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return list(a) == list(b)
+    return a == b
+
+
+def _preset_name(unet: Any, training_args: dict[str, Any] | None) -> str:
+    """The preset the UNet was built from: named in the training settings, else the preset its config matches."""
+    named = (training_args or {}).get("preset") or (training_args or {}).get("model_preset")
+    if isinstance(named, str):
+        return named
+    presets = unet.presets() if hasattr(unet, "presets") else {}
+    for name, preset in presets.items():
+        if all(_same(unet.config.get(key), value) for key, value in preset.items()):
+            return name
+    return "custom"
+
+
 def _network_summary(unet: Any, training_args: dict[str, Any] | None) -> dict[str, Any]:
     config = unet.config
-    preset = config.get("preset") or (training_args or {}).get("preset") or (training_args or {}).get("model_preset")
+    preset = _preset_name(unet, training_args)
     return {
         "class_name": type(unet).__name__,
         "preset": preset or "custom",
