@@ -62,11 +62,12 @@ def slerp(x0: torch.Tensor, x1: torch.Tensor, lam: float | Sequence[float] | tor
     lam_t = torch.as_tensor(lam, dtype=torch.float64, device=x0.device).reshape(-1, *([1] * x0.ndim))
     a = x0.to(torch.float64)
     b = x1.to(torch.float64)
-    cos_theta = (a * b).sum() / (a.norm() * b.norm())
+    norms = a.norm() * b.norm()
+    cos_theta = (a * b).sum() / norms if norms > 0 else torch.ones((), dtype=torch.float64, device=x0.device)
     theta = torch.arccos(cos_theta.clamp(-1.0, 1.0))
     sin_theta = torch.sin(theta)
     if sin_theta.abs() < 1e-8:
-        # Parallel latents: the great circle is undefined and the limit of slerp is the straight line.
+        # Parallel (or zero) latents: the great circle is undefined and the limit of slerp is the straight line.
         out = (1.0 - lam_t) * a + lam_t * b
     else:
         out = (torch.sin((1.0 - lam_t) * theta) * a + torch.sin(lam_t * theta) * b) / sin_theta
@@ -354,7 +355,9 @@ class DDPMPipeline(DiffusionPipeline):
         scheduler (so the spacing and clipping settings carry over; the pipeline's own scheduler is left untouched).
         To decode, sample with a DDIM scheduler of the same config: `pipe.scheduler =
         DDIMScheduler.from_config(pipe.scheduler.config)`, then `pipe(batch_size=len(x_T), latents=x_T,
-        num_inference_steps=num_inference_steps, eta=0.0)`.
+        num_inference_steps=num_inference_steps, eta=0.0)`. Encoding never clips x̂_0 (that would break
+        invertibility), while sampling does when the config has `clip_sample=True` (diffusers' default); the ODE
+        round trip is exact in the limit only with `clip_sample=False`.
 
         Args:
             images (`PIL.Image.Image`, `list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):

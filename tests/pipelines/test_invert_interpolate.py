@@ -110,9 +110,10 @@ def test_slerp_keeps_the_norm_where_a_straight_line_would_shrink_it():
     assert float(((a + b) / 2).norm()) < 0.8 * float(norms[4])
 
 
-def test_slerp_of_parallel_latents_falls_back_to_the_line():
+def test_slerp_of_parallel_or_zero_latents_falls_back_to_the_line():
     a = torch.ones(3, 8, 8)
     torch.testing.assert_close(slerp(a, 2 * a, 0.5), 1.5 * a)
+    torch.testing.assert_close(slerp(torch.zeros_like(a), a, 0.25), 0.25 * a)
 
 
 def test_interpolate_returns_per_pair_paths_usable_as_latents(ddim_pipe):
