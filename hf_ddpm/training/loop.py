@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import shutil
@@ -52,8 +51,6 @@ from hf_ddpm.training.data import check_resolution, load_image_dataset, make_tra
 from hf_ddpm.training.loss import diffusion_loss
 
 __all__ = ["AugmentedImages", "build_unet", "train", "use_random_flip"]
-
-logger = logging.getLogger(__name__)
 
 
 def _seed_from(*keys: int) -> int:
@@ -338,6 +335,7 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
                 # reach the weights (or a checkpoint).
                 all_losses = accelerator.gather(loss.detach().reshape(1))
                 if not torch.isfinite(all_losses).all():
+                    accelerator.end_training()  # flush the logs up to the last good step
                     raise FloatingPointError(
                         f"The loss is {all_losses.tolist()} (not finite) at step {global_step + 1} (epoch {epoch}, "
                         f"batch {batch_index}); training stopped. The last good checkpoint is "

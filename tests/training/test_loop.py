@@ -1,6 +1,7 @@
 """The training loop: exact resume, checkpoints, NaN handling, outputs, mixed precision."""
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.training import loop
 from hf_ddpm.training.args import parse_args
@@ -239,3 +241,32 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
     _assert_bit_identical(
         {k: v.contiguous() for k, v in pipeline.unet.state_dict().items()}, _weights(out / "checkpoint-4" / "unet_ema")
     )
+
+
+def test_push_to_hub_uploads_the_ema_pipeline_with_a_card_without_secrets(
+    tmp_path, image_dataset, tiny_flags, hub_repo_id
+):
+    from huggingface_hub import hf_hub_download
+
+    secret = "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"
+    flags = tiny_flags(tmp_path / "out", "--max_train_steps", "1", "--push_to_hub", "--hub_model_id", hub_repo_id)
+    train(parse_args([*flags, "--hub_token", secret]), dataset=image_dataset)
+
+    pipeline = DDPMPipeline.from_pretrained(hub_repo_id)
+    _assert_bit_identical(
+        {k: v.contiguous() for k, v in pipeline.unet.state_dict().items()},
+        _weights(tmp_path / "out" / "checkpoint-1" / "unet_ema"),
+    )
+    card = Path(hf_hub_download(hub_repo_id, "README.md")).read_text()
+    assert "hf_ddpm" in card and secret not in card and str(tmp_path) not in card
+
+
+@pytest.mark.slow  # ~9 s, most of it turning the 5000 digits into PIL images
+def test_without_data_flags_it_trains_on_the_offline_mnist_digits(tmp_path, tiny_flags, capsys):
+    config = {**DDPMUNet2DModel.presets()["tiny"], "in_channels": 1}
+    (tmp_path / "gray.json").write_text(json.dumps(config))
+    flags = tiny_flags(tmp_path / "out", "--max_train_steps", "1", "--model_config", str(tmp_path / "gray.json"))
+    train(parse_args(flags))
+    assert "5000 images" in capsys.readouterr().out
+    pipeline = DDPMPipeline.from_pretrained(tmp_path / "out")
+    assert pipeline.unet.config.in_channels == pipeline.unet.config.out_channels == 1
