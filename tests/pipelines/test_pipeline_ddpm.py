@@ -220,3 +220,13 @@ def test_works_with_another_diffusers_scheduler_of_the_same_step_api(tiny_unet, 
         for t in ref.timesteps:
             x = ref.step(unet(ref.scale_model_input(x, t), t).sample, t, x, generator=generator).prev_sample
     torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+
+
+def test_bfloat16_pipeline_samples_and_inverts_in_its_dtype(ddim_pipe):
+    ddim_pipe.unet.to(torch.bfloat16)
+    latents = ddim_pipe.invert(torch.rand(2, 3, 8, 8), num_inference_steps=3)
+    assert latents.dtype == torch.bfloat16
+    images = ddim_pipe(batch_size=2, latents=latents, num_inference_steps=3, output_type="np").images
+    assert images.dtype == np.float32 and images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
+    with pytest.raises(ValueError, match="dtype"):
+        ddim_pipe(batch_size=2, latents=latents.float())
