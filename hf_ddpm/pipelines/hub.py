@@ -25,6 +25,7 @@ def upload_pipeline_folder(
     training_args: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     license: str = "apache-2.0",
+    datasets: list[str] | None = None,
 ) -> CommitInfo:
     """
     Create the repo if needed, write the model card into `folder` and upload the folder as one commit.
@@ -55,6 +56,8 @@ def upload_pipeline_folder(
             Measured metrics for the card.
         license (`str`, *optional*, defaults to `"apache-2.0"`):
             License identifier for the card.
+        datasets (`list[str]`, *optional*, defaults to `None`):
+            Hub dataset ids for the card's metadata.
 
     Returns:
         `huggingface_hub.CommitInfo`
@@ -66,7 +69,13 @@ def upload_pipeline_folder(
 
     if training_args is not None or metrics is not None or not (folder / "README.md").is_file():
         write_model_card(
-            folder, pipeline, training_args=training_args, metrics=metrics, repo_id=repo_id, license=license
+            folder,
+            pipeline,
+            training_args=training_args,
+            metrics=metrics,
+            repo_id=repo_id,
+            license=license,
+            datasets=datasets,
         )
     if revision not in (None, "main"):
         create_branch(repo_id, branch=revision, token=token, exist_ok=True)

@@ -145,11 +145,13 @@ def build_model_card(
         license (`str`, *optional*, defaults to `"apache-2.0"`):
             License identifier for the YAML front matter.
         datasets (`list[str]`, *optional*, defaults to `None`):
-            Hub dataset ids the model was trained on, for the front matter.
+            Hub dataset ids the model was trained on, for the front matter; local paths are dropped.
 
     Returns:
         `huggingface_hub.ModelCard`
     """
+    # Only Hub dataset ids belong in the metadata; a local dataset folder would leak a path.
+    datasets = [d for d in datasets or [] if isinstance(d, str) and not _looks_like_local_path(d)] or None
     card_data = ModelCardData(
         license=license,
         library_name="diffusers",

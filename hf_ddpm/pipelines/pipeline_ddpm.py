@@ -508,6 +508,7 @@ class DDPMPipeline(DiffusionPipeline):
         training_args: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
         license: str = "apache-2.0",
+        datasets: list[str] | None = None,
         **kwargs,
     ):
         r"""
@@ -533,6 +534,8 @@ class DDPMPipeline(DiffusionPipeline):
                 Measured metrics (e.g. `{"fid": 3.17}`) to list in the card.
             license (`str`, *optional*, defaults to `"apache-2.0"`):
                 License identifier for the card's metadata.
+            datasets (`list[str]`, *optional*, defaults to `None`):
+                Hub dataset ids the model was trained on, for the card's metadata (local paths are dropped).
 
         Returns:
             `huggingface_hub.CommitInfo`: the commit that was made.
@@ -557,6 +560,7 @@ class DDPMPipeline(DiffusionPipeline):
                 training_args=training_args,
                 metrics=metrics,
                 license=license,
+                datasets=datasets,
             )
 
     def to_diffusers(self) -> DiffusionPipeline:

@@ -6,7 +6,7 @@ import textwrap
 import diffusers
 import pytest
 import torch
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
 
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
@@ -19,7 +19,9 @@ ATOL = 1e-5
 def pushed(hub_server, hub_repo_id, ddpm_pipe, tmp_path):
     """`ddpm_pipe` pushed to a fresh repo, with training settings that hold a token and a local path."""
     training_args = {"learning_rate": 2e-4, "hub_token": os.environ["HF_TOKEN"], "output_dir": str(tmp_path)}
-    commit = ddpm_pipe.push_to_hub(hub_repo_id, training_args=training_args, metrics={"fid": 99.5})
+    commit = ddpm_pipe.push_to_hub(
+        hub_repo_id, training_args=training_args, metrics={"fid": 99.5}, datasets=["ylecun/mnist", str(tmp_path)]
+    )
     return hub_repo_id, commit
 
 
@@ -46,6 +48,7 @@ def test_push_to_hub_uploads_the_loadable_folder_and_a_model_card(pushed, hub_se
     assert f'DDPMPipeline.from_pretrained("{repo_id}")' in card
     assert f'DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)' in card
     assert "| learning_rate | 0.0002 |" in card and "| fid | 99.5 |" in card
+    assert ModelCard(card).data.datasets == ["ylecun/mnist"]  # the local dataset path was dropped
     assert os.environ["HF_TOKEN"] not in card
     assert str(tmp_path) not in card and os.environ["HF_HOME"] not in card and "/tmp" not in card
 

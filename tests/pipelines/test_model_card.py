@@ -41,9 +41,13 @@ def test_card_lists_training_settings_and_metrics_but_no_token_or_local_path(ddp
         "note": FAKE_TOKEN,
     }
     metrics = {"fid": 3.1712345, "bits_per_dim": 3.75}
-    card = write_model_card(tmp_path, ddpm_pipe, training_args=training_args, metrics=metrics, repo_id="a/b")
+    datasets = ["ylecun/mnist", str(tmp_path / "images")]
+    card = write_model_card(
+        tmp_path, ddpm_pipe, training_args=training_args, metrics=metrics, repo_id="a/b", datasets=datasets
+    )
     written = (tmp_path / "README.md").read_text()
     assert written == str(card)
+    assert front_matter(written)["datasets"] == ["ylecun/mnist"]
     assert "| learning_rate | 0.0002 |" in written and "| train_batch_size | 128 |" in written
     assert "| ema.decay | 0.9999 |" in written
     assert "| fid | 3.17123 |" in written and "| bits_per_dim | 3.75 |" in written
