@@ -12,6 +12,8 @@ install_requires = [
     "numpy>=1.26",
     "Pillow>=10.0",
     "tqdm>=4.66",
+    "Jinja2>=3.1",  # huggingface_hub renders the model card template with it
+    "PyYAML>=6.0",
 ]
 
 extras = {
