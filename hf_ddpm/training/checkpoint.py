@@ -13,6 +13,7 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
+from diffusers.utils import logging as diffusers_logging
 
 __all__ = [
     "checkpoint_step",
@@ -210,7 +211,14 @@ def register_checkpoint_hooks(accelerator: Accelerator, model_cls: type, ema_mod
 
     def load_model_hook(models, input_dir):
         if ema_model is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, EMA_FOLDER), model_cls)
+            # The EMA's own settings ride in the saved config; diffusers warns that the UNet ignores them, which is
+            # expected here, so that one warning is silenced.
+            verbosity = diffusers_logging.get_verbosity()
+            diffusers_logging.set_verbosity_error()
+            try:
+                loaded = EMAModel.from_pretrained(os.path.join(input_dir, EMA_FOLDER), model_cls)
+            finally:
+                diffusers_logging.set_verbosity(verbosity)
             ema_model.load_state_dict(loaded.state_dict())
             ema_model.to(accelerator.device)  # load_state_dict adopts the loaded (CPU) tensors
             del loaded

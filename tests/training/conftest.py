@@ -29,13 +29,13 @@ def _fresh_accelerate_state_one_thread():
 
 @pytest.fixture(scope="session")
 def image_dataset() -> datasets.Dataset:
-    """22 random 8×8 RGB images with an `image` column (the layout `load_image_dataset` returns).
+    """22 random 11×8 (W×H) RGB images with an `image` column (the layout `load_image_dataset` returns).
 
-    22 images in batches of 4 is 6 batches per epoch (the last one of 2), so 3 steps stop mid-epoch and 6 steps
-    cross into the second epoch.
+    Wider than tall, so training at 8×8 takes a random crop offset as well as a random flip. 22 images in batches of
+    4 is 6 batches per epoch (the last one of 2), so 3 steps stop mid-epoch and 6 steps cross into the second epoch.
     """
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)) for _ in range(22)]
+    images = [Image.fromarray(rng.integers(0, 256, (8, 11, 3), dtype=np.uint8)) for _ in range(22)]
     return datasets.Dataset.from_dict({"image": images})
 
 
