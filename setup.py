@@ -18,7 +18,7 @@ install_requires = [
 
 extras = {
     "train": ["mlxtend>=0.25.0", "tensorboard>=2.21.0", "scikit-learn>=1.9.1"],
-    "eval": ["scipy>=1.18.1", "matplotlib>=3.11.2", "scikit-learn>=1.9.1"],
+    "eval": ["scipy>=1.17.1", "matplotlib>=3.11.2", "scikit-learn>=1.9.1"],
 }
 extras["test"] = sorted(
     {"pytest>=9.0", "ruff>=0.17.5", *extras["train"], *extras["eval"]}
