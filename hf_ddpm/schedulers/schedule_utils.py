@@ -443,11 +443,10 @@ class DiffusionChainMixin:
         Returns:
             `int` or `torch.Tensor`: an int for an int, otherwise an int64 tensor on the timestep's device.
         """
-        t = self._as_timesteps(timestep, scheduled=not torch.is_tensor(timestep) or timestep.ndim == 0)
+        t = self._as_timesteps(timestep, scheduled=True, name="timestep")
         if isinstance(t, int):
             prev = int(self.prev_timesteps[t])
-            return prev if not torch.is_tensor(timestep) else torch.tensor(prev, device=timestep.device)
-        self._as_timesteps(t, scheduled=True)
+            return torch.tensor(prev, device=timestep.device) if torch.is_tensor(timestep) else prev
         return self._table("prev_timesteps", t.device, torch.int64)[t]
 
     # ----------------------------------------------------------------------------------------------------------------
