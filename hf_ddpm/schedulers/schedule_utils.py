@@ -322,6 +322,7 @@ class DiffusionChainMixin:
         )
         self.max_eta[~scheduled] = float("nan")
         self._table_cache.clear()
+        self._validated: tuple[torch.Tensor, int] | None = None  # (timesteps tensor, its version) checked last
 
     # ----------------------------------------------------------------------------------------------------------------
     # Timestep handling
@@ -378,13 +379,21 @@ class DiffusionChainMixin:
                 f"`{name}` has {timesteps.shape[0]} entries but the sample's batch size is {like.shape[0]}; pass one "
                 "timestep, or one per batch element."
             )
+        checked = self._validated
+        if scheduled and checked is not None and checked[0] is timesteps and checked[1] == timesteps._version:
+            return timesteps  # already checked by the public method that called this one: no second device sync
         if timesteps.device.type == "cpu" or scheduled:
-            if bool(((timesteps < 0) | (timesteps >= T)).any()):
-                raise ValueError(f"`{name}` must be in [0, {T}) (num_train_timesteps), got {timesteps.tolist()}.")
-            if scheduled and bool(
-                (self._table("prev_timesteps", timesteps.device, torch.int64)[timesteps] == UNSCHEDULED).any()
-            ):
+            out_of_range = (timesteps < 0) | (timesteps >= T)
+            bad = out_of_range
+            if scheduled:
+                prev = self._table("prev_timesteps", timesteps.device, torch.int64)[timesteps.clamp(0, T - 1)]
+                bad = out_of_range | (prev == UNSCHEDULED)
+            if bool(bad.any()):  # the one device sync of a check; the messages below are the error path only
+                if bool(out_of_range.any()):
+                    raise ValueError(f"`{name}` must be in [0, {T}) (num_train_timesteps), got {timesteps.tolist()}.")
                 self._raise_unscheduled(timesteps.tolist(), name)
+            if scheduled:
+                self._validated = (timesteps, timesteps._version)
         return timesteps
 
     def _raise_unscheduled(self, value: Any, name: str) -> None:
