@@ -129,8 +129,9 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
             `torch.Tensor`: σ, broadcastable against `like`.
         """
         eta = check_eta(eta)
-        like = torch.empty(0, dtype=torch.float64) if like is None else like
         t = self._as_timesteps(timestep, like, scheduled=True)
+        if like is None:  # a 1-d float64 stand-in: σ comes back 0-d for an int, 1-d for a batch of timesteps
+            like = torch.empty(0, dtype=torch.float64, device=None if isinstance(t, int) else t.device)
         if sigma_hat:
             return self._gather("sigma_hat_table", t, like)
         return eta * self._gather("posterior_variance", t, like).sqrt()

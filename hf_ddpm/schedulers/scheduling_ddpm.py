@@ -175,7 +175,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         self._check_same_shape(model_output, sample, "model_output", "sample")
         return model_output, None
 
-    def model_log_variance(
+    def model_variance(
         self,
         timesteps: int | torch.Tensor,
         sample: torch.Tensor,
@@ -243,7 +243,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         pred_original_sample = self.predict_original_sample(prediction, sample, t)  # eq. 15
         pred_original_sample = self._clip_or_threshold(pred_original_sample, clip_sample)
         mean, _, _ = self.q_posterior_mean_variance(pred_original_sample, sample, t)  # μ_θ, eq. 7 / 11
-        variance, log_variance = self.model_log_variance(t, sample, predicted_variance)
+        variance, log_variance = self.model_variance(t, sample, predicted_variance)
         return DDPMMeanVariance(
             mean=mean, variance=variance, log_variance=log_variance, pred_original_sample=pred_original_sample
         )
@@ -394,7 +394,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         pred_original_sample = self.predict_original_sample(prediction, sample, t)  # eq. 15
         pred_original_sample = self._clip_or_threshold(pred_original_sample)
         mean, _, _ = self.q_posterior_mean_variance(pred_original_sample, sample, t)  # μ_θ (eq. 7 / 11)
-        variance, log_variance = self.model_log_variance(t, sample, predicted_variance)
+        variance, log_variance = self.model_variance(t, sample, predicted_variance)
 
         prev_sample = mean
         last_step = isinstance(t, int) and int(self.prev_timesteps[t]) < 0

@@ -173,6 +173,8 @@ def test_sigma_of_eta_one_is_sqrt_posterior_variance_by_hand(t):
     assert scheduler.sigma(t, eta=0.3).item() == pytest.approx(0.3 * math.sqrt(beta_tilde), rel=1e-12)
     assert scheduler.sigma(t, sigma_hat=True).item() == pytest.approx(math.sqrt(betas[t]), rel=1e-9)
     assert scheduler.sigma(0, eta=1.0).item() == 0.0 and scheduler.sigma(0, sigma_hat=True).item() == 0.0
+    batch = scheduler.sigma(torch.tensor([t, 0]), eta=1.0)
+    assert batch.shape == (2,) and batch[0].item() == pytest.approx(math.sqrt(beta_tilde), rel=1e-12)
 
 
 @pytest.mark.parametrize(

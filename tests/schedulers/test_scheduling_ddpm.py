@@ -199,7 +199,7 @@ def test_fixed_large_log_is_log_beta_not_nan(gaussian):
     got = ours.step(out, 500, x, generator=torch.Generator().manual_seed(0)).prev_sample
     want = large.step(out, 500, x, generator=torch.Generator().manual_seed(0)).prev_sample
     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    _, log_variance = ours.model_log_variance(500, x)
+    _, log_variance = ours.model_variance(500, x)
     assert torch.allclose(log_variance, torch.tensor(math.log(ours.betas[500].item())), atol=1e-6)
 
 
@@ -295,15 +295,15 @@ def test_reverse_variances_and_the_decoder_convention():
     x = torch.zeros(1, 1, dtype=torch.float64)
     beta_tilde_2 = small.posterior_variance[1].item()  # β̃ of the second step (paper t = 2)
     for scheduler in (small, large):
-        variance, log_variance = scheduler.model_log_variance(0, x)  # paper t = 1: never degenerate
+        variance, log_variance = scheduler.model_variance(0, x)  # paper t = 1: never degenerate
         assert variance.item() == pytest.approx(beta_tilde_2, rel=1e-12)
         assert log_variance.item() == pytest.approx(math.log(beta_tilde_2), rel=1e-12)
-    assert small.model_log_variance(700, x)[0].item() == pytest.approx(small.posterior_variance[700].item())
-    assert large.model_log_variance(700, x)[0].item() == pytest.approx(large.betas[700].item(), rel=1e-6)
+    assert small.model_variance(700, x)[0].item() == pytest.approx(small.posterior_variance[700].item())
+    assert large.model_variance(700, x)[0].item() == pytest.approx(large.betas[700].item(), rel=1e-6)
     # learned_range: v = -1 gives β̃_t, v = +1 gives β_t (Nichol & Dhariwal eq. 15)
     ranged = DDPMScheduler(variance_type="learned_range")
     for v, want in [(-1.0, small.posterior_variance[700].item()), (1.0, ranged.betas[700].item())]:
-        variance, _ = ranged.model_log_variance(700, x, predicted_variance=torch.full_like(x, v))
+        variance, _ = ranged.model_variance(700, x, predicted_variance=torch.full_like(x, v))
         assert variance.item() == pytest.approx(want, rel=1e-6)
 
 
@@ -447,14 +447,14 @@ def test_step_and_add_noise_keep_the_sample_dtype(dtype, gaussian):
     scheduler = DDPMScheduler(clip_sample=False)
     scheduler.set_timesteps(20)
     x = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0)).to(dtype)
-    reference = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for t in scheduler.timesteps:
         g = torch.Generator().manual_seed(int(t))
         x = scheduler.step(_model(gaussian, scheduler)(x, t), t, x, generator=g).prev_sample
         assert x.dtype == dtype
     assert torch.isfinite(x).all()
     assert scheduler.add_noise(x, x, 5).dtype == dtype
-    assert reference.dtype == torch.float64
+    # The samples still follow N(0.3, 0.5²) roughly (96 values): half precision did not break the chain.
+    assert abs(x.double().mean().item() - 0.3) < 0.2 and abs(x.double().std().item() - 0.5) < 0.2
 
 
 @pytest.mark.parametrize("shape", [(5, 2), (2, 3, 16), (2, 1, 4, 4, 4)])
