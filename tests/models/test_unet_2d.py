@@ -274,10 +274,11 @@ def test_half_precision_weights_run():
     assert _rel_err(got, expected) < 3e-2
 
 
-def _loss_and_grads(model, x, t):
+def _loss_and_grads(model, x, t, call=None):
+    """Output and parameter gradients of a squared-output loss; `call` runs the forward (e.g. a compiled model)."""
     torch.manual_seed(123)  # same dropout masks in both runs
     model.zero_grad()
-    out = model(x, t).sample
+    out = (model if call is None else call)(x, t).sample
     out.square().mean().backward()
     return out.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -329,7 +330,7 @@ def test_torch_compile_same_outputs_and_gradients_with_checkpointing():
     ours.train()
     eager_out, eager_grads = _loss_and_grads(ours, x, t)
     ours.enable_gradient_checkpointing()
-    compiled_out, compiled_grads = _loss_and_grads(torch.compile(ours), x, t)
+    compiled_out, compiled_grads = _loss_and_grads(ours, x, t, call=torch.compile(ours))
     torch.testing.assert_close(compiled_out, eager_out, rtol=1e-4, atol=1e-5)
     for name, grad in eager_grads.items():
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
