@@ -25,7 +25,8 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
     spacing, "trailing" when S divides T, 0 ≤ η ≤ 1) the same generator gives the same `prev_sample`. Differs where
     the parent is wrong: the previous timestep is the next element of the scheduler's own `timesteps` for every
     spacing (the parent uses t − T // S). Adds `"quadratic"` spacing and custom `timesteps=[...]`, the σ̂ sampler,
-    η > 1 where eq. 12 stays defined, and the deterministic encoder of DDIM §4.3 (`inversion_step`).
+    η > 1 where eq. 12 stays defined, and the deterministic encoder of DDIM §4.3 (`inversion_step`). Before any
+    `set_timesteps` it steps along all T timesteps (the parent raises), like `DDPMScheduler`.
 
     Args:
         num_train_timesteps (`int`, defaults to `1000`):
