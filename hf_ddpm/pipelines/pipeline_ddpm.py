@@ -118,6 +118,30 @@ class DDPMPipeline(DiffusionPipeline):
             return num_train_timesteps
         return min(50, num_train_timesteps)
 
+    @staticmethod
+    def _uses_learned_variance(scheduler: SchedulerMixin) -> bool:
+        """Whether `scheduler.step` takes a learned-variance model's 2C channels (DDPM with a learned variance_type).
+
+        A config may carry a variance_type its class ignores (diffusers keeps unused keys for round trips), so the
+        class must also take the argument.
+        """
+        takes_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
+        return takes_variance and scheduler.config.variance_type in ("learned", "learned_range")
+
+    def _denoiser_output(
+        self, latents: torch.Tensor, t: torch.Tensor, scheduler: SchedulerMixin, uses_learned_variance: bool
+    ) -> torch.Tensor:
+        """The UNet's output at (x_t, t), as the scheduler's `step` takes it.
+
+        A learned-variance UNet (Nichol & Dhariwal 2021) returns 2C channels: prediction, then variance values. Only a
+        scheduler that uses the variance gets both halves; any other (DDIM, fixed-variance DDPM) gets the prediction,
+        as diffusers' own pipelines do.
+        """
+        model_output = self.unet(scheduler.scale_model_input(latents, t), t).sample
+        if not uses_learned_variance and model_output.shape[1] == 2 * latents.shape[1]:
+            model_output = model_output[:, : latents.shape[1]]
+        return model_output
+
     def _step_parameters(self) -> set[str]:
         return set(inspect.signature(self.scheduler.step).parameters)
 
@@ -245,9 +269,9 @@ class DDPMPipeline(DiffusionPipeline):
 
         # 3. Reverse process.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        uses_learned_variance = self._uses_learned_variance(self.scheduler)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(latents, t)
-            model_output = self.unet(model_input, t).sample
+            model_output = self._denoiser_output(latents, t, self.scheduler, uses_learned_variance)
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 
             if callback_on_step_end is not None:
@@ -382,7 +406,7 @@ class DDPMPipeline(DiffusionPipeline):
         scheduler.set_timesteps(num_inference_steps, device=device)
         # Encoding visits the sampling schedule backwards: from the clean end up to the noisiest timestep.
         for t in self.progress_bar(scheduler.timesteps.flip(0)):
-            model_output = self.unet(sample, t).sample
+            model_output = self._denoiser_output(sample, t, scheduler, uses_learned_variance=False)
             sample = scheduler.inversion_step(model_output, t, sample).prev_sample
         self.maybe_free_model_hooks()
         return sample

@@ -378,12 +378,8 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
                 if ema_model is not None:
                     ema_model.store(unwrapped.parameters())
                     ema_model.copy_to(unwrapped.parameters())
-                # DDIM (η = 0) for quick grids; DDIM's step has no use for (nor split of) a learned variance's
-                # channels, so such a model samples with DDPM's step on the same respaced timesteps instead.
-                if args.variance_type in LEARNED_VARIANCE_TYPES:
-                    grid_scheduler = DDPMScheduler.from_config(noise_scheduler.config)
-                else:
-                    grid_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
+                # DDIM (η = 0) for quick grids; the pipeline passes DDIM only a learned variance's prediction half.
+                grid_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
                 pipeline = DDPMPipeline(unet=unwrapped, scheduler=grid_scheduler)
                 pipeline.set_progress_bar_config(disable=True)
                 grid = _sample_grid(pipeline, args)

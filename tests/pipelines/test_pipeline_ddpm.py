@@ -8,6 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
+from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
@@ -151,6 +152,28 @@ def test_sigma_hat_reaches_the_ddim_step(ddim_pipe):
     torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
     plain = ddim_pipe(generator=torch.Generator().manual_seed(4), num_inference_steps=3, eta=1.0, output_type="pt")
     assert (plain.images - ours).abs().max() > 1e-3
+
+
+def test_ddim_samples_and_inverts_a_learned_variance_unet_from_its_prediction_half(quiet):
+    # A learned-variance UNet returns 2C channels; DDIM has no use for the variance half. Oracle: the DDIM loop run by
+    # hand on the first C channels. Its DDPM counterpart with variance_type="learned_range" does use the second half.
+    torch.manual_seed(0)
+    unet = DDPMUNet2DModel.from_preset("tiny", out_channels=6).eval()
+    learned_config = DDPMScheduler(num_train_timesteps=10, variance_type="learned_range").config
+    scheduler = DDIMScheduler.from_config(learned_config)
+    pipe = quiet(DDPMPipeline(unet=unet, scheduler=scheduler))
+    ours = pipe(generator=torch.Generator().manual_seed(1), num_inference_steps=3, output_type="pt").images
+
+    scheduler.set_timesteps(3)
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(unet(x, t).sample[:, :3], t, x).prev_sample
+    torch.testing.assert_close(ours, (x / 2 + 0.5).clamp(0, 1), atol=1e-6, rtol=0)
+    assert pipe.invert(ours, num_inference_steps=3).shape == (1, 3, 8, 8)
+
+    learned = quiet(DDPMPipeline(unet=unet, scheduler=DDPMScheduler.from_config(learned_config)))
+    assert learned(generator=torch.Generator().manual_seed(1), output_type="pt").images.shape == (1, 3, 8, 8)
 
 
 # ----------------------------------------------------------------------------------------------------- bad input
