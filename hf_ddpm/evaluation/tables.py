@@ -1,0 +1,412 @@
+"""The papers' tables for one pipeline: DDIM Table 1 (quality vs steps), DDIM Table 2 (reconstruction), NLL.
+
+Each function returns rows (one `dict` per cell) so that `examples/evaluate.py` only writes them out:
+
+- `sample_quality_table`: quality of S-step samples for DDIM's η ∈ {0, 0.2, 0.5, 1} and σ̂ (DDIM Table 1), with
+  linear and quadratic timestep sub-sequences (DDIM App. D.2). Quality is FID (`hf_ddpm.evaluation.fid`) or, for
+  digits on a CPU, the classifier proxy of `hf_ddpm.evaluation.digits` (share of confidently classified samples).
+- `reconstruction_table`: per-dimension MSE of DDIM encoding (η = 0 forward, `DDPMPipeline.invert`) followed by
+  decoding with the same S steps (DDIM Table 2, §5.4), images scaled to [0, 1].
+- `nll_table`: bits/dim of held-out images (DDPM Table 1's NLL column), `hf_ddpm.evaluation.likelihood`.
+
+"linear" is DDIM's τ_i = ⌊c·i⌋ with c = ⌊T/S⌋ (diffusers' "leading" spacing, as in the original DDIM code);
+"quadratic" is τ_i = ⌊c·i²⌋ up to ≈ 0.8 T (the paper's CIFAR10 setting). Diffusers' own spacing names ("leading",
+"trailing", "linspace") are accepted too.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from hf_ddpm.evaluation.likelihood import bits_per_dim
+from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
+from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
+
+__all__ = [
+    "DDIM_TABLE1_STEPS",
+    "DDIM_TABLE2_STEPS",
+    "SPACINGS",
+    "markdown_table",
+    "nll_table",
+    "plot_tables",
+    "quality_pivot",
+    "reconstruction_table",
+    "sample_quality_table",
+    "write_csv",
+]
+
+DDIM_TABLE1_STEPS = (10, 20, 50, 100, 1000)
+DDIM_TABLE2_STEPS = (10, 20, 50, 100, 200, 500, 1000)
+DDIM_TABLE1_ETAS = (0.0, 0.2, 0.5, 1.0)
+# The papers' names → the scheduler's `timestep_spacing`.
+SPACINGS = {
+    "linear": "leading",
+    "quadratic": "quadratic",
+    "leading": "leading",
+    "trailing": "trailing",
+    "linspace": "linspace",
+}
+METRICS = ("digits", "fid")
+
+
+def _spacing(name: str) -> str:
+    if name not in SPACINGS:
+        raise ValueError(f"spacing must be one of {sorted(SPACINGS)}, got {name!r}.")
+    return SPACINGS[name]
+
+
+def _check_steps(steps: Sequence[int], num_train_timesteps: int) -> list[int]:
+    steps = list(steps)
+    if not steps or any(
+        isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= num_train_timesteps for s in steps
+    ):
+        raise ValueError(f"`steps` must be ints in [1, {num_train_timesteps}] (num_train_timesteps), got {steps}.")
+    return steps
+
+
+def _ddim_pipeline(pipeline, spacing: str, **overrides) -> DDPMPipeline:
+    """A DDPMPipeline sharing `pipeline`'s UNet with a DDIM scheduler of its config (the caller's is untouched)."""
+    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config, timestep_spacing=_spacing(spacing), **overrides)
+    pipe = DDPMPipeline(unet=pipeline.unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def _samples(
+    pipe: DDPMPipeline, num_samples: int, batch_size: int, seed: int, steps: int, eta: float, sigma_hat: bool
+) -> torch.Tensor:
+    """`num_samples` images (N, C, H, W) in [0, 1]; every cell starts from the same generator state."""
+    generator = torch.Generator(device=pipe.device).manual_seed(seed)
+    images = []
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        out = pipe(
+            batch_size=n,
+            generator=generator,
+            num_inference_steps=steps,
+            eta=eta,
+            sigma_hat=sigma_hat,
+            output_type="pt",
+        )
+        images.append(out.images.cpu())
+    return torch.cat(images)
+
+
+def _score_fn(
+    metric: str | Callable[[torch.Tensor], float], reference_statistics: Any, fid_kwargs: dict | None
+) -> Callable[[torch.Tensor], dict]:
+    if callable(metric):
+        return lambda images: {"value": float(metric(images))}
+    if metric == "digits":
+        from hf_ddpm.evaluation.digits import digit_score
+
+        def score(images: torch.Tensor) -> dict:
+            result = digit_score(images * 2 - 1)  # the classifier takes the model's space, [-1, 1]
+            return {"value": result["confident_share"], "class_entropy": result["class_entropy"]}
+
+        return score
+    if metric == "fid":
+        if reference_statistics is None:
+            raise ValueError("metric='fid' needs `reference_statistics` (a FeatureStatistics or the path of a .npz).")
+        from hf_ddpm.evaluation.fid import fid
+
+        return lambda images: {"value": fid(images, reference_statistics, **(fid_kwargs or {}))}
+    raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}.")
+
+
+def sample_quality_table(
+    pipeline,
+    *,
+    steps: Sequence[int] = DDIM_TABLE1_STEPS,
+    etas: Sequence[float] = DDIM_TABLE1_ETAS,
+    sigma_hat: bool = True,
+    spacings: Sequence[str] = ("linear", "quadratic"),
+    num_samples: int = 256,
+    batch_size: int = 256,
+    seed: int = 0,
+    metric: str | Callable[[torch.Tensor], float] = "digits",
+    reference_statistics: Any = None,
+    fid_kwargs: dict | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """
+    DDIM Table 1 analogue: sample quality vs the number of steps S, for each η (and σ̂) and each spacing.
+
+    Every cell samples `num_samples` images from the same seed (the same x_T), so cells differ only by the sampler.
+    Schedules that coincide (e.g. S = T in both spacings) are sampled once and reported under both spacings.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The model; its UNet is shared and its scheduler's config (β, T, clipping) is used for DDIM schedulers.
+        steps (`Sequence[int]`, *optional*, defaults to `(10, 20, 50, 100, 1000)`):
+            The numbers of sampling steps S.
+        etas (`Sequence[float]`, *optional*, defaults to `(0.0, 0.2, 0.5, 1.0)`):
+            DDIM's η values (eq. 16).
+        sigma_hat (`bool`, *optional*, defaults to `True`):
+            Also the σ̂ row (DDPM's "fixed large" noise, DDIM Table 1's last row).
+        spacings (`Sequence[str]`, *optional*, defaults to `("linear", "quadratic")`):
+            Timestep sub-sequences (see the module docstring).
+        num_samples (`int`, *optional*, defaults to 256):
+            Samples per cell. The digit proxy is meaningful from a few hundred; FID needs thousands.
+        batch_size (`int`, *optional*, defaults to 256):
+            Samples per pipeline call.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every cell's generator.
+        metric (`str` or `Callable`, *optional*, defaults to `"digits"`):
+            `"digits"` (value = share of samples a held-out-trained classifier labels with ≥ 0.9 confidence,
+            higher is better), `"fid"` (lower is better), or a function of the samples (N, C, H, W) in [0, 1]
+            returning a float.
+        reference_statistics ([`~hf_ddpm.evaluation.fid.FeatureStatistics`] or `str`, *optional*):
+            FID's reference statistics (or their .npz path); required for `metric="fid"`.
+        fid_kwargs (`dict`, *optional*):
+            Passed to [`~hf_ddpm.evaluation.fid.fid`] (`backend`, `batch_size`, `device`...).
+        progress (`bool`, *optional*, defaults to `True`):
+            A progress bar over cells.
+
+    Returns:
+        `list[dict]`: one row per (spacing, sampler, S): `spacing`, `sampler` ("eta=0.0" ... or "sigma_hat"), `eta`
+        (`None` for σ̂), `steps`, `metric`, `value`, `num_samples`, `seconds` (sampling + scoring), and
+        `class_entropy` for the digit proxy.
+    """
+    from tqdm.auto import tqdm
+
+    num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
+    steps = _check_steps(steps, num_train_timesteps)
+    score = _score_fn(metric, reference_statistics, fid_kwargs)
+    metric_name = (
+        getattr(metric, "__name__", "custom")
+        if callable(metric)
+        else {"digits": "confident_share"}.get(metric, metric)
+    )
+    samplers: list[tuple[str, float, bool]] = [(f"eta={float(e):g}", float(e), False) for e in etas]
+    if sigma_hat:
+        samplers.append(("sigma_hat", 1.0, True))
+    cells = [(sp, sampler, s) for sp in spacings for sampler in samplers for s in steps]
+    rows, cache = [], {}
+    for spacing, (name, eta, hat), num_steps in tqdm(cells, disable=not progress, desc="DDIM table 1"):
+        pipe = _ddim_pipeline(pipeline, spacing)
+        pipe.scheduler.set_timesteps(num_steps)
+        key = (tuple(pipe.scheduler.timesteps.tolist()), eta, hat)
+        if key not in cache:
+            start = time.perf_counter()
+            images = _samples(pipe, num_samples, batch_size, seed, num_steps, eta, hat)
+            cache[key] = {**score(images), "seconds": round(time.perf_counter() - start, 2)}
+        rows.append(
+            {
+                "spacing": spacing,
+                "sampler": name,
+                "eta": None if hat else eta,
+                "steps": num_steps,
+                "metric": metric_name,
+                "num_samples": num_samples,
+                **cache[key],
+            }
+        )
+    return rows
+
+
+@torch.no_grad()
+def reconstruction_table(
+    pipeline,
+    images: torch.Tensor,
+    *,
+    steps: Sequence[int] = DDIM_TABLE2_STEPS,
+    spacing: str = "linear",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> list[dict]:
+    """
+    DDIM Table 2 analogue: per-dimension MSE of encode (DDIM §4.3, η = 0 forward) then decode with S steps.
+
+    Both directions use a DDIM scheduler of the pipeline's config with `clip_sample=False`: encoding never clips
+    x̂_0, and decoding must not either for the ODE round trip to be exact as S grows.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The model.
+        images (`torch.Tensor`):
+            x_0, shape (N, C, H, W) in [−1, 1] (e.g. held-out data).
+        steps (`Sequence[int]`, *optional*, defaults to `(10, 20, 50, 100, 200, 500, 1000)`):
+            The numbers of steps S (DDIM Table 2's columns).
+        spacing (`str`, *optional*, defaults to `"linear"`):
+            Timestep sub-sequence of both directions.
+        batch_size (`int`, *optional*, defaults to 256):
+            Images per pipeline call.
+        progress (`bool`, *optional*, defaults to `True`):
+            A progress bar over S.
+
+    Returns:
+        `list[dict]`: one row per S: `steps`, `spacing`, `mse_per_dim` (images scaled to [0, 1], as DDIM Table 2),
+        `num_images`, `seconds`.
+    """
+    from tqdm.auto import tqdm
+
+    num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
+    steps = _check_steps(steps, num_train_timesteps)
+    if not torch.is_tensor(images) or images.ndim != 4:
+        raise ValueError(f"`images` must be a tensor (N, C, H, W) in [-1, 1], got {getattr(images, 'shape', images)}.")
+    pipe = _ddim_pipeline(pipeline, spacing, clip_sample=False)
+    rows = []
+    for num_steps in tqdm(steps, disable=not progress, desc="DDIM table 2"):
+        start, squared_error = time.perf_counter(), 0.0
+        for first in range(0, len(images), batch_size):
+            x0 = images[first : first + batch_size]
+            latents = pipe.invert(x0, num_inference_steps=num_steps, value_range=(-1.0, 1.0))
+            decoded = pipe(
+                batch_size=len(x0), latents=latents, num_inference_steps=num_steps, eta=0.0, output_type="pt"
+            ).images
+            squared_error += float(((decoded.cpu().double() - (x0.double() + 1) / 2) ** 2).sum())
+        rows.append(
+            {
+                "steps": num_steps,
+                "spacing": spacing,
+                "mse_per_dim": squared_error / images.numel(),
+                "num_images": len(images),
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
+    return rows
+
+
+def nll_table(
+    pipeline,
+    images: torch.Tensor,
+    *,
+    timesteps: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> list[dict]:
+    """
+    Negative log-likelihood bound in bits/dim of (held-out) images, DDPM Table 1's NLL column.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The model.
+        images (`torch.Tensor`):
+            (N, C, H, W) on the 256-level grid of [−1, 1]; see [`~hf_ddpm.evaluation.likelihood.bits_per_dim`].
+        timesteps (`int`, *optional*, defaults to `None`):
+            `None` for every timestep, K for the strided estimate.
+        batch_size (`int`, *optional*, defaults to 256):
+            Images per network call.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the noise.
+
+    Returns:
+        `list[dict]`: one row: `num_images`, `timesteps` ("all T−1" or K), `bits_per_dim` (mean),
+        `standard_error` (over images), `prior`, `decoder`, `kl_terms` (mean bits/dim of each part), `seconds`.
+    """
+    start = time.perf_counter()
+    out = bits_per_dim(
+        pipeline,
+        images,
+        generator=torch.Generator().manual_seed(seed),
+        timesteps=timesteps,
+        batch_size=batch_size,
+        return_terms=True,
+    )
+    total = out.bits_per_dim.double()
+    return [
+        {
+            "num_images": len(total),
+            "timesteps": f"all {len(out.timesteps)}" if timesteps is None else int(timesteps),
+            "bits_per_dim": float(total.mean()),
+            "standard_error": float(total.std() / math.sqrt(len(total))) if len(total) > 1 else float("nan"),
+            "prior": float(out.prior.mean()),
+            "decoder": float(out.decoder.mean()),
+            "kl_terms": float((out.terms.double() * out.weights).sum(1).mean()),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+    ]
+
+
+# --------------------------------------------------------------------------------------------------------- output
+
+
+def quality_pivot(rows: list[dict]) -> list[dict]:
+    """Table 1's layout: one row per (spacing, sampler), one column per S (`"S=10"`, ...), cells = `value`."""
+    pivot: dict[tuple[str, str], dict] = {}
+    for row in rows:
+        entry = pivot.setdefault(
+            (row["spacing"], row["sampler"]), {"spacing": row["spacing"], "sampler": row["sampler"]}
+        )
+        entry[f"S={row['steps']}"] = row["value"]
+    return list(pivot.values())
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
+    """A GitHub Markdown table of `rows` (columns: `columns`, or every key in first-seen order)."""
+    if not rows:
+        return ""
+    if columns is None:
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_format(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
+    """Write `rows` as CSV (columns: every key in first-seen order)."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_tables(
+    quality_rows: list[dict], reconstruction_rows: list[dict], path: str | os.PathLike, title: str = ""
+) -> None:
+    """
+    One PNG: a panel of quality vs S per spacing (a line per sampler, as DDIM Fig. 3) and reconstruction MSE vs S.
+
+    Args:
+        quality_rows (`list[dict]`): from `sample_quality_table` (may be empty).
+        reconstruction_rows (`list[dict]`): from `reconstruction_table` (may be empty).
+        path (`str` or `os.PathLike`): the PNG to write.
+        title (`str`, *optional*, defaults to `""`): figure title (e.g. the model and the machine).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    spacings = list(dict.fromkeys(row["spacing"] for row in quality_rows))
+    panels = len(spacings) + (1 if reconstruction_rows else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.5 * max(panels, 1), 3.8), squeeze=False)
+    for ax, spacing in zip(axes[0], spacings):
+        rows = [r for r in quality_rows if r["spacing"] == spacing]
+        for sampler in dict.fromkeys(r["sampler"] for r in rows):
+            points = sorted((r["steps"], r["value"]) for r in rows if r["sampler"] == sampler)
+            ax.plot(*zip(*points), marker="o", label=sampler)
+        metric = rows[0]["metric"]
+        ax.set(xscale="log", xlabel="steps S", ylabel=metric, title=f"{spacing} spacing")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if reconstruction_rows:
+        ax = axes[0][len(spacings)]
+        points = sorted((r["steps"], r["mse_per_dim"]) for r in reconstruction_rows)
+        ax.plot(*zip(*points), marker="o", color="k")
+        ax.set(xscale="log", yscale="log", xlabel="steps S", ylabel="MSE per dim ([0, 1] scale)")
+        ax.set_title(f"DDIM encode→decode ({reconstruction_rows[0]['spacing']})")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,117 @@
+"""The DDIM Table 1 / Table 2 analogues and the NLL row, on the exact ε-model of Gaussian data (a short chain)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from hf_ddpm.evaluation.likelihood import bits_per_dim
+from hf_ddpm.evaluation.tables import (
+    markdown_table,
+    nll_table,
+    plot_tables,
+    quality_pivot,
+    reconstruction_table,
+    sample_quality_table,
+    write_csv,
+)
+from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
+
+MEAN, STD = 0.1, 0.3
+
+
+def std_error(images: torch.Tensor) -> float:
+    """|sample std − true std| in the model's space: 0 for a perfect sampler of N(MEAN, STD²)."""
+    return abs((images * 2 - 1).std().item() - STD)
+
+
+def test_quality_table_covers_every_cell_and_the_exact_model_is_right_with_all_steps(gaussian_pipeline):
+    pipe = gaussian_pipeline(MEAN, STD, num_train_timesteps=100, beta_end=0.2)
+    rows = sample_quality_table(
+        pipe, steps=(4, 100), etas=(0.0, 1.0), num_samples=64, batch_size=32, metric=std_error, progress=False
+    )
+    assert [(r["spacing"], r["sampler"], r["steps"]) for r in rows] == [
+        (spacing, sampler, s)
+        for spacing in ("linear", "quadratic")
+        for sampler in ("eta=0", "eta=1", "sigma_hat")
+        for s in (4, 100)
+    ]
+    assert {r["metric"] for r in rows} == {"std_error"} and all(r["num_samples"] == 64 for r in rows)
+    assert rows[0]["eta"] == 0.0 and rows[4]["eta"] is None
+    value = {(r["spacing"], r["sampler"], r["steps"]): r["value"] for r in rows}
+    # With S = T the ODE (η = 0) with the exact ε reproduces the data's spread (64 × 16 values: the std's own
+    # sampling error is about 0.3 / √2048 ≈ 0.007); the stochastic samplers carry the discretisation error of
+    # Gaussian reverse steps on a 100-step chain (measured 0.029 for η = 1, 0.011 for σ̂).
+    assert value[("linear", "eta=0", 100)] < 0.02
+    for sampler in ("eta=0", "eta=1", "sigma_hat"):
+        assert value[("linear", sampler, 100)] < 0.05
+        # S = T is the same schedule in both spacings: sampled once, reported twice.
+        assert value[("quadratic", sampler, 100)] == value[("linear", sampler, 100)]
+    # DDIM App. D.2: at few steps the quadratic sub-sequence beats the linear one (measured 0.12 vs 0.20 at S = 4).
+    assert value[("quadratic", "eta=0", 4)] < value[("linear", "eta=0", 4)]
+    # σ̂ adds β-sized noise that 4 large steps cannot remove (DDIM Table 1's worst row at small S).
+    assert value[("linear", "sigma_hat", 4)] > 0.1
+    assert value[("linear", "sigma_hat", 4)] > value[("linear", "eta=0", 4)]
+    assert pipe.scheduler.__class__ is DDPMScheduler and len(pipe.scheduler.timesteps) == 100  # caller's untouched
+
+    pivot = quality_pivot(rows)
+    assert len(pivot) == 6 and pivot[0]["S=4"] == value[("linear", "eta=0", 4)]
+
+
+def test_quality_table_rejects_bad_arguments(gaussian_pipeline):
+    pipe = gaussian_pipeline(MEAN, STD, num_train_timesteps=100, beta_end=0.2)
+    with pytest.raises(ValueError, match="steps"):
+        sample_quality_table(pipe, steps=(10, 1000), metric=std_error)
+    with pytest.raises(ValueError, match="metric"):
+        sample_quality_table(pipe, steps=(10,), metric="inception-score")
+    with pytest.raises(ValueError, match="reference_statistics"):
+        sample_quality_table(pipe, steps=(10,), metric="fid")
+    with pytest.raises(ValueError, match="spacing"):
+        sample_quality_table(pipe, steps=(10,), spacings=("cubic",), metric=std_error, progress=False)
+
+
+def test_reconstruction_error_falls_with_steps_to_zero_for_the_exact_model(gaussian_pipeline, quantized_gaussian):
+    pipe = gaussian_pipeline(MEAN, STD)
+    images = quantized_gaussian(16, MEAN, STD, 4, seed=0).float()
+    rows = reconstruction_table(pipe, images, steps=(5, 20, 100, 500), progress=False)
+    mse = [r["mse_per_dim"] for r in rows]
+    assert [r["steps"] for r in rows] == [5, 20, 100, 500] and rows[0]["num_images"] == 16
+    # DDIM Table 2's shape: the ODE discretisation error falls steadily with S (CIFAR10: 0.014 at 10 → 1e-4 at 1000).
+    assert all(a > b for a, b in zip(mse, mse[1:])), mse
+    assert mse[-1] < 1e-4 and mse[0] > 10 * mse[-1]
+
+
+def test_nll_row_is_the_mean_of_bits_per_dim(gaussian_pipeline, quantized_gaussian):
+    pipe = gaussian_pipeline(MEAN, STD)
+    images = quantized_gaussian(32, MEAN, STD, 4, seed=0)
+    (row,) = nll_table(pipe, images, timesteps=30, seed=5)
+    expected = bits_per_dim(pipe, images, generator=torch.Generator().manual_seed(5), timesteps=30)
+    assert row["bits_per_dim"] == pytest.approx(expected.double().mean().item(), rel=1e-6)
+    assert row["standard_error"] == pytest.approx(expected.double().std().item() / np.sqrt(32), rel=1e-5)
+    assert row["prior"] + row["decoder"] + row["kl_terms"] == pytest.approx(row["bits_per_dim"], rel=1e-5)
+    assert row["num_images"] == 32 and row["timesteps"] == 30
+
+
+def test_rows_are_written_as_markdown_csv_and_png(tmp_path):
+    quality = [
+        {"spacing": sp, "sampler": sa, "eta": 0.0, "steps": s, "metric": "fid", "value": v}
+        for sp in ("linear", "quadratic")
+        for sa in ("eta=0", "sigma_hat")
+        for s, v in ((10, 13.36), (100, 4.16))
+    ]
+    reconstruction = [{"steps": s, "spacing": "linear", "mse_per_dim": m} for s, m in ((10, 0.014), (100, 9e-4))]
+    text = markdown_table(quality_pivot(quality))
+    assert text.splitlines()[0] == "| spacing | sampler | S=10 | S=100 |"
+    assert "| linear | eta=0 | 13.36 | 4.16 |" in text and len(text.splitlines()) == 2 + 4
+    assert "| 100 | linear | 9.00e-04 |" in markdown_table(reconstruction)
+
+    write_csv(quality, tmp_path / "t1.csv")
+    with open(tmp_path / "t1.csv") as f:
+        back = list(csv.DictReader(f))
+    assert len(back) == 8 and back[1]["value"] == "4.16" and back[0]["spacing"] == "linear"
+
+    plot_tables(quality, reconstruction, tmp_path / "plot.png", title="test")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
