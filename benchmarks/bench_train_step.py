@@ -1,0 +1,329 @@
+"""Training-step throughput and peak memory: hf_ddpm's DDPMUNet2DModel vs stock diffusers UNet2DModel.
+
+One step is the paper's recipe (DDPM Algorithm 1, Appendix B): x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε by the scheduler's
+`add_noise` (eq. 4), forward, L_simple (eq. 14), backward, gradient-norm clip 1.0, Adam(W) at 2e-4; the preset's
+dropout is on. Both models hold the same weights, see the same batches and run interleaved in one process.
+
+    python benchmarks/bench_train_step.py                                   # CPU: digits-32 and ddpm-cifar10, batch 8
+    python benchmarks/bench_train_step.py --device cuda --batch_size 128 --precision bf16
+
+FLOPs: a forward costs 2·MACs (MACs per image from FlopCounterMode: convolutions, linear layers, attention
+products); backward costs about twice the forward (gradients for inputs and for weights), so a training step is
+counted as 3 · 2 · MACs · batch FLOPs. Achieved GFLOP/s = that / median step time; on CPU it is set against the
+measured peak of a 1024³ `torch.mm` in the same dtype and thread count; on GPU, MFU is against `--peak_tflops`.
+
+Peak memory: on CUDA `torch.cuda.max_memory_allocated` over a step. On CPU each model runs alone in a fresh
+process (so the other model's allocations cannot count) and the figure is `ru_maxrss` after three steps minus
+`ru_maxrss` once the model, optimizer and batch exist: the step's working set above the weights, including the
+Adam state created by the first step (equal for both models). Also reported: the bytes of the distinct tensors
+autograd saves for backward (deterministic, independent of the allocator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import bench_utils  # noqa: F401  (puts the repo root on sys.path)
+import torch
+import torch.nn.functional as F
+from bench_utils import (
+    cpu_peak_gflops,
+    forward_macs,
+    machine_info,
+    markdown_table,
+    max_rss_mib,
+    median,
+    paired_models,
+    paired_ratio,
+    run_isolated,
+    write_report,
+)
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def make_optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
+    """AdamW at the paper's 2e-4 (weight decay 0, i.e. Adam); `kind` picks torch's implementation."""
+    options = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
+    return torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0, **options)
+
+
+def make_step(model, scheduler, optimizer, batch, device, precision: str):
+    """A closure running one training step of `model` on the fixed `batch`."""
+    x0, noise, timesteps = batch
+    dtype = DTYPES[precision]
+
+    def step():
+        x_t = scheduler.add_noise(x0, noise, timesteps)  # DDPM eq. 4
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            prediction = model(x_t, timesteps).sample
+        loss = F.mse_loss(prediction.float(), noise)  # L_simple, eq. 14, in fp32 as the training loop does
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def make_batch(model, batch_size: int, device: torch.device, seed: int = 0):
+    size = model.config.sample_size
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.rand(batch_size, model.config.in_channels, size, size, generator=g) * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    timesteps = torch.randint(0, 1000, (batch_size,), generator=g)
+    return x0.to(device), noise.to(device), timesteps.to(device)
+
+
+def schedulers():
+    from diffusers import DDPMScheduler as StockDDPMScheduler
+
+    from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
+
+    return StockDDPMScheduler(), DDPMScheduler()
+
+
+def saved_activation_mib(model, step_inputs, precision: str, device: torch.device) -> float:
+    """MiB of the distinct tensors autograd keeps for backward in one forward (what checkpointing would save)."""
+    x0, noise, timesteps = step_inputs
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    dtype = DTYPES[precision]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(x0, timesteps).sample
+    out.float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values()) / 2**20
+
+
+def memory_probe(args) -> None:
+    """Child process: one model alone, print its peak step memory as JSON."""
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    from diffusers import UNet2DModel
+
+    from hf_ddpm.models.presets import PRESETS
+    from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+
+    # Only the measured model is built (the weights' values do not matter for memory): building both would raise
+    # the process's peak before the first step.
+    torch.manual_seed(0)
+    model_class = UNet2DModel if args.memory_probe == "stock" else DDPMUNet2DModel
+    model = model_class(**PRESETS[args.preset]).to(device)
+    stock_sched, ours_sched = schedulers()
+    scheduler = stock_sched if args.memory_probe == "stock" else ours_sched
+    model.train()
+    optimizer = make_optimizer(model, args.optimizer)
+    batch = make_batch(model, args.batch_size, device)
+    step = make_step(model, scheduler, optimizer, batch, device, args.precision)
+    base = max_rss_mib()
+    for _ in range(3):
+        step()
+    print(json.dumps({"rss_delta_mib": max_rss_mib() - base, "rss_total_mib": max_rss_mib()}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["digits-32", "ddpm-cifar10"])
+    parser.add_argument("--batch_size", type=int, default=None, help="Default: 8 on CPU, 128 on CUDA.")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES), help="Autocast dtypes.")
+    parser.add_argument("--optimizer", default="default", choices=["default", "foreach", "fused"])
+    parser.add_argument("--compare_optimizers", action="store_true", help="Also time ours with each optimizer.")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--clock", default="wall", choices=["wall", "cpu"], help="cpu: process CPU time (use with --threads 1)."
+    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak_tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989).")
+    parser.add_argument("--no_memory", action="store_true", help="Skip the fresh-process peak-memory runs.")
+    parser.add_argument("--output", default="train_step", help="Name of the Markdown file in benchmarks/results/.")
+    parser.add_argument("--memory_probe", choices=["stock", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--preset", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.batch_size is None:
+        args.batch_size = 128 if device.type == "cuda" else 8
+    if args.memory_probe:
+        args.precision = args.precision[0]
+        return memory_probe(args)
+
+    torch.set_num_threads(args.threads)
+    info = machine_info(device)
+    info["timer"] = {"wall": "wall clock (perf_counter)", "cpu": "process CPU time (process_time)"}[args.clock]
+    if device.type == "cpu":
+        peaks = {p: cpu_peak_gflops(DTYPES[p] or torch.float32, clock=args.clock) for p in args.precision}
+        info["measured CPU matmul peak (GFLOP/s)"] = ", ".join(f"{p}: {v:.0f}" for p, v in peaks.items())
+
+    rows, memory_rows, opt_rows = [], [], []
+    macs_per_preset = {}
+    for preset in args.presets:
+        stock, ours = paired_models(preset, device)
+        stock.train(), ours.train()
+        cfg = ours.config
+        macs = forward_macs(ours, cfg.in_channels, cfg.sample_size)
+        macs_per_preset[preset] = macs
+        stock_sched, ours_sched = schedulers()
+        batch = make_batch(ours, args.batch_size, device)
+        flops_per_step = 3 * 2 * macs * args.batch_size
+        for precision in args.precision:
+            steps = {
+                "diffusers": make_step(
+                    stock, stock_sched, make_optimizer(stock, args.optimizer), batch, device, precision
+                ),
+                "hf_ddpm": make_step(ours, ours_sched, make_optimizer(ours, args.optimizer), batch, device, precision),
+            }
+            if args.compare_optimizers:
+                for kind in ("default", "foreach", "fused"):
+                    if kind != args.optimizer:
+                        steps[f"hf_ddpm+{kind}"] = make_step(
+                            ours, ours_sched, make_optimizer(ours, kind), batch, device, precision
+                        )
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            times = bench_utils.interleaved(steps, device, args.warmup, args.reps, args.clock)
+            t_stock, t_ours = median(times["diffusers"]), median(times["hf_ddpm"])
+            ratio, lo, hi = paired_ratio(times["diffusers"], times["hf_ddpm"])
+            if device.type == "cpu":
+                peak = peaks[precision]
+                util = [
+                    f"{flops_per_step / t / 1e9:.1f} ({100 * flops_per_step / t / 1e9 / peak:.0f} %)"
+                    for t in (t_stock, t_ours)
+                ]
+            else:
+                util = [
+                    f"{flops_per_step / t / 1e9:.0f} (MFU {100 * flops_per_step / t / 1e12 / args.peak_tflops:.1f} %)"
+                    for t in (t_stock, t_ours)
+                ]
+            rows.append(
+                [
+                    preset,
+                    args.batch_size,
+                    precision,
+                    f"{args.batch_size / t_stock:.2f}",
+                    f"{args.batch_size / t_ours:.2f}",
+                    f"**{ratio:.3f}×** ({lo:.2f}–{hi:.2f})",
+                    util[0],
+                    util[1],
+                ]
+            )
+            for name in steps:
+                if name.startswith("hf_ddpm+"):
+                    r, lo2, hi2 = paired_ratio(times["hf_ddpm"], times[name])
+                    opt_rows.append(
+                        [
+                            preset,
+                            precision,
+                            name.split("+")[1],
+                            f"{args.batch_size / median(times[name]):.2f}",
+                            f"{r:.3f}× ({lo2:.2f}–{hi2:.2f})",
+                        ]
+                    )
+            print(rows[-1], flush=True)
+
+            act = [saved_activation_mib(m, batch, precision, device) for m in (stock, ours)]
+            if device.type == "cuda":
+                mem = []
+                for m, sched in ((stock, stock_sched), (ours, ours_sched)):
+                    step = make_step(m, sched, make_optimizer(m, args.optimizer), batch, device, precision)
+                    step()
+                    torch.cuda.synchronize(device)
+                    torch.cuda.reset_peak_memory_stats(device)
+                    step()
+                    mem.append(f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}")
+            elif args.no_memory:
+                mem = ["skipped", "skipped"]
+            else:
+                mem = []
+                for which in ("stock", "ours"):
+                    out = run_isolated(
+                        [
+                            "benchmarks/bench_train_step.py",
+                            "--memory_probe",
+                            which,
+                            "--preset",
+                            preset,
+                            "--batch_size",
+                            str(args.batch_size),
+                            "--precision",
+                            precision,
+                            "--optimizer",
+                            args.optimizer,
+                            "--threads",
+                            str(args.threads),
+                            "--device",
+                            args.device,
+                        ]
+                    )
+                    mem.append(f"{json.loads(out.strip().splitlines()[-1])['rss_delta_mib']:.0f}")
+            memory_rows.append([preset, args.batch_size, precision, mem[0], mem[1], f"{act[0]:.0f}", f"{act[1]:.0f}"])
+            print(memory_rows[-1], flush=True)
+        del stock, ours
+
+    mem_header = (
+        "peak step memory, CUDA max allocated (MiB)"
+        if device.type == "cuda"
+        else "peak RSS growth over 3 steps, fresh process (MiB)"
+    )
+    sections = [
+        "## Throughput (img/s, median of interleaved repetitions)\n\n"
+        + markdown_table(
+            [
+                "preset",
+                "batch",
+                "autocast",
+                "diffusers img/s",
+                "hf_ddpm img/s",
+                "speed-up (min–max)",
+                "diffusers GFLOP/s (of peak)",
+                "hf_ddpm GFLOP/s (of peak)",
+            ],
+            rows,
+        ),
+        "## Memory\n\n"
+        + markdown_table(
+            [
+                "preset",
+                "batch",
+                "autocast",
+                f"diffusers {mem_header}",
+                f"hf_ddpm {mem_header}",
+                "diffusers saved activations (MiB)",
+                "hf_ddpm saved activations (MiB)",
+            ],
+            memory_rows,
+        ),
+    ]
+    if opt_rows:
+        sections.append(
+            f"## hf_ddpm with other optimizer implementations (speed-up over `{args.optimizer}`)\n\n"
+            + markdown_table(["preset", "autocast", "AdamW implementation", "hf_ddpm img/s", "speed-up"], opt_rows)
+        )
+    write_report(
+        args.output,
+        f"Training step: hf_ddpm vs diffusers ({device.type})",
+        info,
+        sections,
+        [
+            f"Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW "
+            f"(`{args.optimizer}` implementation) lr 2e-4; preset dropout on; {args.warmup} warm-up steps, "
+            f"{args.reps} interleaved repetitions.",
+            "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
+            "min–max shows the spread under the shared machine's load.",
+            "FLOPs per step = 3 × 2 × forward MACs × batch (backward ≈ 2× forward); forward MACs per image: "
+            + ", ".join(f"{p} {m / 1e9:.3f} G" for p, m in macs_per_preset.items())
+            + ".",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
