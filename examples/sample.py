@@ -9,7 +9,9 @@ randomly initialised preset is sampled, which only shows that the machinery runs
 from __future__ import annotations
 
 import argparse
+import json
 import math
+from pathlib import Path
 
 import torch
 from diffusers.utils import make_image_grid
@@ -31,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="samples.png", help="Where to write the grid (PNG).")
+    parser.add_argument(
+        "--score_digits",
+        action="store_true",
+        help="Score the samples with hf_ddpm.evaluation.digit_score (a classifier trained on real digits) and write "
+        "the result as JSON beside the grid.",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,6 +64,18 @@ def main(argv: list[str] | None = None) -> None:
     images += [images[0].point(lambda _: 0)] * (rows * cols - len(images))  # blank tiles fill the last row
     make_image_grid(images, rows=rows, cols=cols).save(args.output)
     print(f"wrote {args.output} ({args.batch_size} samples, {args.scheduler}, seed {args.seed})")
+    if args.score_digits:
+        from hf_ddpm.evaluation.digits import digit_score
+
+        score = digit_score(images[: args.batch_size])
+        score_path = Path(args.output).with_suffix(".json")
+        score_path.write_text(json.dumps(score, indent=2) + "\n")
+        print(
+            f"{score['confident_share']:.1%} of samples classified with confidence >= {score['confidence']}, "
+            f"classes {score['class_histogram']} (normalized entropy {score['class_entropy']:.3f}); "
+            f"the classifier: {score['classifier_accuracy']:.1%} accurate and {score['real_confident_share']:.1%} "
+            f"confident on real digits it never saw. Wrote {score_path}"
+        )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ equally often, 0 = a single class). It is a proxy, not FID: it says "these are l
 not "these match the data distribution".
 
 The classifier is scikit-learn's `MLPClassifier` trained on the *held-out* part of the offline digits
-(`hf_ddpm.training.data.mnist_training_and_held_out_digits`), which the diffusion model never trains on; its accuracy is measured on
+(`hf_ddpm.data.mnist_training_and_held_out_digits`), which the diffusion model never trains on; its accuracy is measured on
 the other part, which the classifier never trains on. Real digits and samples go through the same
 `make_transform`, so the classifier sees the samples at the resolution and scale it was trained on.
 """
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_ddpm.training.data import make_transform, mnist_training_and_held_out_digits
+from hf_ddpm.data import make_transform, mnist_training_and_held_out_digits
 
 __all__ = ["DigitClassifier", "digit_score", "get_digit_classifier", "images_to_features"]
 

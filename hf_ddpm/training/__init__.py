@@ -3,4 +3,4 @@
 Import from the submodules (`from hf_ddpm.training.loop import train`); this package imports nothing heavy itself.
 """
 
-__all__ = ["args", "checkpoint", "data", "loop", "loss"]
+__all__ = ["args", "checkpoint", "loop", "loss"]

@@ -33,6 +33,7 @@ from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
+from hf_ddpm.data import check_resolution, load_image_dataset, make_transform
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
@@ -47,7 +48,6 @@ from hf_ddpm.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from hf_ddpm.training.data import check_resolution, load_image_dataset, make_transform
 from hf_ddpm.training.loss import diffusion_loss
 
 __all__ = ["AugmentedImages", "build_unet", "train", "use_random_flip"]
@@ -68,16 +68,21 @@ class AugmentedImages(torch.utils.data.Dataset):
         dataset (`datasets.Dataset`):
             Rows with an `image` column of `PIL.Image`s.
         transform (`Callable`):
-            `hf_ddpm.training.data.make_transform(...)`: `(image, generator) -> [C, R, R]` tensor in [-1, 1].
+            `hf_ddpm.data.make_transform(...)`: `(image, generator) -> [C, R, R]` tensor in [-1, 1].
         seed (`int`, *optional*, defaults to 0):
             The run's seed.
     """
+
+    # Decoding and resizing cost about 1 ms per image, as much as a small model's training step per image: a
+    # deterministic transform's tensors are kept after the first epoch when they fit in this many bytes.
+    max_cache_bytes = 2**30
 
     def __init__(self, dataset, transform, seed: int = 0):
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self._cache: dict[int, torch.Tensor] | None = {} if getattr(transform, "deterministic", False) else None
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Accelerate's data loader at the start of each epoch."""
@@ -87,8 +92,13 @@ class AugmentedImages(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         generator = torch.Generator().manual_seed(_seed_from(self.seed, self.epoch, index))
-        return self.transform(self.dataset[int(index)]["image"], generator)
+        tensor = self.transform(self.dataset[int(index)]["image"], generator)
+        if self._cache is not None and tensor.nbytes * len(self.dataset) <= self.max_cache_bytes:
+            self._cache[index] = tensor
+        return tensor
 
 
 def use_random_flip(args: argparse.Namespace) -> bool:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
+from hf_ddpm.data import make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation.digits import digit_score, get_digit_classifier, images_to_features
-from hf_ddpm.training.data import make_transform, mnist_training_and_held_out_digits
 
 # Measured with the defaults (resolution 16, 1000 held-out digits, seed 0): the classifier is 89.2 % accurate
 # on the 4000 digits it never saw, and 86 % of those get probability >= 0.9. The tests leave a margin below.

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_ddpm.training.data import (
+from hf_ddpm.data import (
     check_resolution,
     load_image_dataset,
     load_mnist_digits,
@@ -117,6 +117,12 @@ def test_random_flip_is_reproducible_from_the_generator_and_mirrors():
     outputs = [transform(image, generator) for _ in range(20)]
     assert all(torch.equal(x, plain) or torch.equal(x, plain.flip(-1)) for x in outputs)
     assert any(torch.equal(x, plain.flip(-1)) for x in outputs)
+
+
+def test_transform_says_it_is_deterministic_only_without_random_crop_or_flip():
+    assert make_transform(8, center_crop=True).deterministic
+    assert not make_transform(8, center_crop=True, random_flip=True).deterministic
+    assert not make_transform(8).deterministic  # a random crop offset on non-square images
 
 
 def test_preprocess_maps_a_batch_through_with_transform(digits):

@@ -302,7 +302,8 @@ def make_transform(
 
     Returns:
         `Callable[[PIL.Image.Image, torch.Generator | None], torch.Tensor]`: maps an image (and an optional
-        generator) to a float32 tensor of shape [in_channels, resolution, resolution] in [-1, 1].
+        generator) to a float32 tensor of shape [in_channels, resolution, resolution] in [-1, 1]. Its attribute
+        `deterministic` is `True` when it draws nothing from the generator (`center_crop` and no `random_flip`).
     """
     if not isinstance(resolution, int) or resolution <= 0:
         raise ValueError(f"`resolution` must be a positive int, got {resolution!r}.")
@@ -330,6 +331,8 @@ def make_transform(
             tensor = tensor.flip(-1)
         return (tensor / 127.5 - 1.0).contiguous()
 
+    # Without a random crop or flip an image always maps to the same tensor, so a loader may compute it once.
+    transform.deterministic = center_crop and not random_flip
     return transform
 
 
