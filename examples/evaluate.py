@@ -27,13 +27,9 @@ import time
 
 import torch
 
+from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
-
-try:  # the data helpers are moving from hf_ddpm.training.data to hf_ddpm.data
-    from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
-except ImportError:
-    from hf_ddpm.training.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 
 TABLES = ("quality", "reconstruction", "nll")
 
