@@ -81,12 +81,18 @@ def main() -> None:
         "--clock", default="wall", choices=["wall", "cpu"], help="cpu: process CPU time (use with --threads 1)."
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--flush_denormal", action="store_true", help="torch.set_flush_denormal(True): denormals count as zero."
+    )
     parser.add_argument("--output", default="sampling")
     args = parser.parse_args()
     device = torch.device(args.device)
     batch_size = args.batch_size or (128 if device.type == "cuda" else 1)
     torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        raise ValueError("--flush_denormal: this CPU does not support flushing denormals.")
     info = machine_info(device)
+    info["flush denormals"] = str(args.flush_denormal)
     info["timer"] = {"wall": "wall clock (perf_counter)", "cpu": "process CPU time (process_time)"}[args.clock]
 
     rows, compile_rows = [], []

@@ -151,10 +151,12 @@ def main() -> None:
     native = PRESETS[args.preset]["sample_size"]
     sweep = [(b, native) for b in args.batches] + [(1, r) for r in args.resolutions if r != native]
     headers = ["preset", "resolution", "batch", "diffusers img/s", "hf_ddpm img/s", "speed-up (min–max)"]
-    sections = [
-        "## UNet forward (no_grad) vs batch size and resolution\n\n"
-        + markdown_table(headers, forward_rows(args, device, sweep))
-    ]
+    sections = []
+    if sweep:
+        sections.append(
+            "## UNet forward (no_grad) vs batch size and resolution\n\n"
+            + markdown_table(headers, forward_rows(args, device, sweep))
+        )
     if not args.no_ddp:
         sections.append(
             "## Training step, DistributedDataParallel, same global batch: 1 vs 2 processes\n\n"
@@ -179,8 +181,9 @@ def main() -> None:
         [
             f"1 warm-up call, {args.reps} interleaved repetitions per point; speed-up = median over repetitions of "
             "(diffusers time / hf_ddpm time).",
-            "The 2-process runs split the same cores: on a 2-core machine they measure the cost of gloo's "
-            "all-reduce and of 1-thread kernels, not extra hardware.",
+            f"Processes: each of the {{1, 2}} processes runs max(1, {args.threads} // processes) threads, half the "
+            "global batch each when there are two; timed by wall clock (a rank's CPU time would leave out the "
+            "all-reduce waits).",
         ],
     )
 

@@ -177,7 +177,18 @@ def cpu_peak_gflops(dtype: torch.dtype, n: int = 1024, reps: int = 3, clock: str
 
 
 def max_rss_mib() -> float:
-    """Peak resident set size of this process so far, in MiB (Linux reports KiB)."""
+    """
+    Peak resident set size of this process so far, in MiB.
+
+    On Linux this is `VmHWM` of /proc/self/status: `ru_maxrss` would do in a fresh interpreter, but Linux carries
+    it over fork + exec, so a child started by a big parent would report the parent's peak.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
