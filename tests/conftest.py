@@ -70,6 +70,18 @@ for _name in ("NO_PROXY", "no_proxy"):
 import pytest  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Every test runs tiny tensors: one intra-op thread is faster than two spinning over 2 shared cores (up to 40x
+    slower measured with oversubscription). Tests that need more set it themselves."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def hub_server():
     """The local Hub (`hub_server.HubServer`) that `HF_ENDPOINT` points at, started on first use."""

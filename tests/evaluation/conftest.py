@@ -86,12 +86,3 @@ def _gaussian_pipeline():
 @pytest.fixture(name="quantized_gaussian")
 def _quantized_gaussian():
     return quantized_gaussian
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster than two fighting over the shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

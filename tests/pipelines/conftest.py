@@ -25,15 +25,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TINY_T = 10
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tiny models are latency-bound: one thread is faster than several fighting over 2 shared cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_unet(seed: int = 0) -> DDPMUNet2DModel:
     """hf_ddpm's "tiny" preset (8×8×3) with seeded random weights, in eval mode."""
     torch.manual_seed(seed)

@@ -58,12 +58,3 @@ def gaussian() -> GaussianMixture:
 def mixture() -> GaussianMixture:
     """An asymmetric two-component mixture: tests both location and weights of a multimodal law."""
     return GaussianMixture(weights=(0.3, 0.7), means=(-0.6, 0.5), stds=(0.15, 0.2))
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tests run many tiny ops; on the shared 2-core machine thread oversubscription made them ~40x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

@@ -5,7 +5,6 @@ import json
 import datasets
 import numpy as np
 import pytest
-import torch
 from accelerate.state import AcceleratorState, GradientState
 from PIL import Image
 
@@ -13,18 +12,13 @@ from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 
 
 @pytest.fixture(autouse=True)
-def _fresh_accelerate_state_one_thread():
+def _fresh_accelerate_state():
     # Accelerate keeps process-wide singletons; each training run in a test gets its own (mixed precision included).
-    # One intra-op thread: the tiny convolutions gain nothing from more, and on a shared 2-core machine two spinning
-    # threads per process made the same run 7x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
