@@ -7,7 +7,7 @@
 # 100 warm-up steps and cosine decay, EMA with warm-up up to 0.999. STEPS=... overrides the number of steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-STEPS="${STEPS:-1500}"
+STEPS="${STEPS:-850}"
 OUT="${OUT:-outputs/digits}"
 
 python3 -m venv .venv
