@@ -1,58 +1,15 @@
-"""Closed-form oracles for the evaluation tests.
-
-For data x_0 ~ N(μ, s²) per dimension, x_t ~ N(√ᾱ_t μ, ᾱ_t s² + 1 − ᾱ_t), so the L_simple-optimal noise predictor is
-E[ε | x_t] = √(1 − ᾱ_t) (x_t − √ᾱ_t μ) / (ᾱ_t s² + 1 − ᾱ_t): linear in x_t. Every term of the bound (DDPM eq. 5) then
-has an expectation over x_t that the tests compute by hand (see `expected_kl_terms` in test_likelihood.py).
-
-(tests/pipelines/conftest.py has a similar ε-model; it is reachable only as a fixture of that folder, and this one
-also emits the variance channels of a "learned_range" model, so it lives here.)
-"""
+"""Closed-form oracles for the evaluation tests: pipelines around the exact ε-model of Gaussian data
+(`tests/closed_form.py`), whose every bound term has an expectation the tests compute by hand (see
+`expected_kl_terms` in test_likelihood.py)."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
-from diffusers.utils import BaseOutput
+from closed_form import GaussianEpsModel
 
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-
-
-class ClosedFormOutput(BaseOutput):
-    sample: torch.Tensor
-
-
-class GaussianEpsModel(ModelMixin, ConfigMixin):
-    """The exact ε(x_t, t) for x_0 ~ N(`mean`, `std`²) per dimension; with `learned_range_v` it also outputs that
-    constant v in C extra channels (the "learned_range" interpolation weight)."""
-
-    @register_to_config
-    def __init__(
-        self,
-        alphas_cumprod: list[float],
-        mean: float = 0.0,
-        std: float = 0.3,
-        sample_size: int = 4,
-        in_channels: int = 1,
-        learned_range_v: float | None = None,
-    ):
-        super().__init__()
-        self._alphas_cumprod = torch.tensor(alphas_cumprod, dtype=torch.float64)
-        # ModelMixin reads dtype/device from the parameters; this one is never used in the computation.
-        self.anchor = torch.nn.Parameter(torch.zeros(()))
-
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int) -> ClosedFormOutput:
-        a = float(self._alphas_cumprod[int(timestep)])
-        mean, var = self.config.mean, self.config.std**2
-        x = sample.to(torch.float64)
-        eps = math.sqrt(1 - a) * (x - math.sqrt(a) * mean) / (a * var + 1 - a)
-        if self.config.learned_range_v is not None:
-            eps = torch.cat([eps, torch.full_like(eps, self.config.learned_range_v)], dim=1)
-        return ClosedFormOutput(sample=eps.to(sample.dtype))
 
 
 def gaussian_pipeline(
