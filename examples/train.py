@@ -9,7 +9,7 @@ from hf_ddpm.training.args import parse_args
 
 if __name__ == "__main__":
     args = parse_args()
-    # Imported after parsing so that `--help` and flag errors answer without loading torch and diffusers.
+    # Imported after parsing so that `--help` and flag errors answer before Accelerate and the data stack load.
     from hf_ddpm.training.loop import train
 
     train(args)

@@ -22,6 +22,8 @@ from diffusers.schedulers import DDPMScheduler as _StockDDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
+
 __all__ = ["DDPMPipeline", "slerp"]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -126,7 +128,7 @@ class DDPMPipeline(DiffusionPipeline):
         class must also take the argument.
         """
         takes_variance = "variance_type" in inspect.signature(type(scheduler).__init__).parameters
-        return takes_variance and scheduler.config.variance_type in ("learned", "learned_range")
+        return takes_variance and scheduler.config.variance_type in LEARNED_VARIANCE_TYPES
 
     def _denoiser_output(
         self, latents: torch.Tensor, t: torch.Tensor, scheduler: SchedulerMixin, uses_learned_variance: bool

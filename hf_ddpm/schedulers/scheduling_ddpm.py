@@ -16,7 +16,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .schedule_utils import DiffusionChainMixin, discretized_gaussian_log_likelihood, normal_kl
 
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
+# Variance types whose model output carries C extra channels for σ_t² (the prediction comes first).
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", *LEARNED_VARIANCE_TYPES)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
 
 
@@ -161,7 +163,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         self, model_output: torch.Tensor, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Splits a learned-variance model's 2C channels into (prediction, variance output)."""
-        learned = self.config.variance_type in ("learned", "learned_range")
+        learned = self.config.variance_type in LEARNED_VARIANCE_TYPES
         if learned and model_output.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
             prediction, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
             if prediction.shape == sample.shape:

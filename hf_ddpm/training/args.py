@@ -8,11 +8,12 @@ Appendix B): T = 1000 linear β from 1e-4 to 0.02, ε-prediction trained with L_
 
 import argparse
 
+from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
+
 __all__ = ["build_parser", "parse_args", "validate_args"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned", "learned_range")
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+VARIANCE_TYPES = ("fixed_small", "fixed_large", *LEARNED_VARIANCE_TYPES)
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
 LOSS_TYPES = ("simple", "hybrid")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")

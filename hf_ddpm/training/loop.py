@@ -38,8 +38,8 @@ from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
-from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-from hf_ddpm.training.args import LEARNED_VARIANCE_TYPES, validate_args
+from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES, DDPMScheduler
+from hf_ddpm.training.args import validate_args
 from hf_ddpm.training.checkpoint import (
     checkpoint_step,
     list_checkpoints,

@@ -11,9 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["diffusion_loss", "training_target"]
+from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
 
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
+__all__ = ["diffusion_loss", "training_target"]
 
 
 def training_target(
