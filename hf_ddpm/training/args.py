@@ -9,6 +9,7 @@ Appendix B): T = 1000 linear β from 1e-4 to 0.02, ε-prediction trained with L_
 import argparse
 
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
+from hf_ddpm.training.optimizer import ADAM_IMPLEMENTATIONS
 
 __all__ = ["build_parser", "parse_args", "validate_args"]
 
@@ -134,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam's ε.")
     optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
     optim.add_argument(
+        "--adam_implementation",
+        type=str,
+        default="auto",
+        choices=ADAM_IMPLEMENTATIONS,
+        help="torch's AdamW kernels: 'auto' is the fused one where torch has it (CPU, CUDA), the same update faster.",
+    )
+    optim.add_argument(
         "--use_ema",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -246,6 +254,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         "beta_schedule": BETA_SCHEDULES,
         "loss_type": LOSS_TYPES,
         "lr_scheduler": LR_SCHEDULERS,
+        "adam_implementation": ADAM_IMPLEMENTATIONS,
         "logger": LOGGERS,
     }
     for name, allowed in choices.items():

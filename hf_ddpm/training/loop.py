@@ -49,6 +49,7 @@ from hf_ddpm.training.checkpoint import (
     save_checkpoint,
 )
 from hf_ddpm.training.loss import diffusion_loss
+from hf_ddpm.training.optimizer import adamw
 
 __all__ = ["AugmentedImages", "build_unet", "train", "use_random_flip"]
 
@@ -265,12 +266,13 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     )
 
     # --- Optimizer and LR schedule (the paper: Adam 2e-4, linear warm-up over 5000 steps, then constant). --------
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         unet.parameters(),
         lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2),
         weight_decay=args.adam_weight_decay,
         eps=args.adam_epsilon,
+        implementation=args.adam_implementation,
     )
     # The prepared loader holds this process's share of each epoch; its length sets the steps per epoch.
     train_dataloader = accelerator.prepare(train_dataloader)

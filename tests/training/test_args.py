@@ -58,6 +58,7 @@ def test_defaults_follow_the_ddpm_paper():
     assert (args.max_grad_norm, args.use_ema, args.ema_max_decay) == (1.0, True, 0.9999)
     assert (args.train_batch_size, args.resolution, args.model_config) == (128, 32, "ddpm-cifar10")
     assert args.random_flip is None  # decided by the data, see below
+    assert args.adam_implementation == "auto"  # the same Adam step, with torch's fused kernel where it has one
 
 
 def test_random_flip_defaults_to_on_for_natural_images_and_off_for_digits():
