@@ -4,6 +4,13 @@ One step is the paper's recipe (DDPM Algorithm 1, Appendix B): x_t = √ᾱ_t x_
 `add_noise` (eq. 4), forward, L_simple (eq. 14), backward, gradient-norm clip 1.0, Adam(W) at 2e-4; the preset's
 dropout is on. Both models hold the same weights, see the same batches and run interleaved in one process.
 
+Each side runs the optimizer its training script builds: diffusers' `train_unconditional.py` calls
+`torch.optim.AdamW(...)` (torch's default implementation: a for-loop on the CPU, foreach on CUDA); hf_ddpm's
+`examples/train.py` calls `hf_ddpm.training.optimizer.adamw` (fused where torch has it). `--variants` adds hf_ddpm
+runs that isolate one lever each: `same_optimizer` (torch's default AdamW, i.e. the network alone), `foreach`,
+`channels_last` (UNet and batch in NHWC), `compile` (`torch.compile` of the UNet, default inductor mode; its
+compile time is reported).
+
     python benchmarks/bench_train_step.py                                   # CPU: digits-32 and ddpm-cifar10, batch 8
     python benchmarks/bench_train_step.py --device cuda --batch_size 128 --precision bf16
 
@@ -43,10 +50,37 @@ from bench_utils import (
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_optimizer(model: torch.nn.Module, kind: str) -> torch.optim.Optimizer:
-    """AdamW at the paper's 2e-4 (weight decay 0, i.e. Adam); `kind` picks torch's implementation."""
-    options = {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[kind]
-    return torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0, **options)
+VARIANTS = ("same_optimizer", "foreach", "channels_last", "compile")
+
+
+def make_optimizer(model: torch.nn.Module, side: str, implementation: str | None = None) -> torch.optim.Optimizer:
+    """AdamW at the paper's 2e-4 (weight decay 0, i.e. Adam), as each side's training script builds it."""
+    if side == "stock" or implementation == "default":
+        return torch.optim.AdamW(model.parameters(), lr=2e-4, weight_decay=0.0)  # diffusers' train_unconditional.py
+    from hf_ddpm.training.optimizer import adamw
+
+    return adamw(model.parameters(), lr=2e-4, weight_decay=0.0, implementation=implementation or "auto")
+
+
+def variant_step(name: str, ours, scheduler, batch, device, precision: str):
+    """One hf_ddpm step with one lever changed (see the module docstring), on a copy of `ours`."""
+    import copy
+    import time
+
+    model = copy.deepcopy(ours)
+    if name == "channels_last":
+        model.to(memory_format=torch.channels_last)
+        x0, noise, timesteps = batch
+        batch = (x0.contiguous(memory_format=torch.channels_last), noise, timesteps)
+    implementation = {"same_optimizer": "default", "foreach": "foreach"}.get(name)
+    step = make_step(model, scheduler, make_optimizer(model, "ours", implementation), batch, device, precision)
+    compile_seconds = None
+    if name == "compile":
+        model.compile()
+        start = time.perf_counter()
+        step()  # the first call compiles forward and backward
+        compile_seconds = time.perf_counter() - start
+    return step, compile_seconds
 
 
 def make_step(model, scheduler, optimizer, batch, device, precision: str):
@@ -120,7 +154,7 @@ def memory_probe(args) -> None:
     stock_sched, ours_sched = schedulers()
     scheduler = stock_sched if args.memory_probe == "stock" else ours_sched
     model.train()
-    optimizer = make_optimizer(model, args.optimizer)
+    optimizer = make_optimizer(model, args.memory_probe)
     batch = make_batch(model, args.batch_size, device)
     step = make_step(model, scheduler, optimizer, batch, device, args.precision)
     base = max_rss_mib()
@@ -134,8 +168,9 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["digits-32", "ddpm-cifar10"])
     parser.add_argument("--batch_size", type=int, default=None, help="Default: 8 on CPU, 128 on CUDA.")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES), help="Autocast dtypes.")
-    parser.add_argument("--optimizer", default="default", choices=["default", "foreach", "fused"])
-    parser.add_argument("--compare_optimizers", action="store_true", help="Also time ours with each optimizer.")
+    parser.add_argument(
+        "--variants", nargs="*", default=[], choices=VARIANTS, help="Extra hf_ddpm runs, one lever each."
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--reps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
@@ -163,7 +198,7 @@ def main() -> None:
         peaks = {p: cpu_peak_gflops(DTYPES[p] or torch.float32, clock=args.clock) for p in args.precision}
         info["measured CPU matmul peak (GFLOP/s)"] = ", ".join(f"{p}: {v:.0f}" for p, v in peaks.items())
 
-    rows, memory_rows, opt_rows = [], [], []
+    rows, memory_rows, variant_rows, compile_rows = [], [], [], []
     macs_per_preset = {}
     for preset in args.presets:
         stock, ours = paired_models(preset, device)
@@ -176,17 +211,15 @@ def main() -> None:
         flops_per_step = 3 * 2 * macs * args.batch_size
         for precision in args.precision:
             steps = {
-                "diffusers": make_step(
-                    stock, stock_sched, make_optimizer(stock, args.optimizer), batch, device, precision
-                ),
-                "hf_ddpm": make_step(ours, ours_sched, make_optimizer(ours, args.optimizer), batch, device, precision),
+                "diffusers": make_step(stock, stock_sched, make_optimizer(stock, "stock"), batch, device, precision),
+                "hf_ddpm": make_step(ours, ours_sched, make_optimizer(ours, "ours"), batch, device, precision),
             }
-            if args.compare_optimizers:
-                for kind in ("default", "foreach", "fused"):
-                    if kind != args.optimizer:
-                        steps[f"hf_ddpm+{kind}"] = make_step(
-                            ours, ours_sched, make_optimizer(ours, kind), batch, device, precision
-                        )
+            for variant in args.variants:
+                steps[f"hf_ddpm+{variant}"], seconds = variant_step(
+                    variant, ours, ours_sched, batch, device, precision
+                )
+                if seconds is not None:
+                    compile_rows.append([preset, args.batch_size, precision, f"{seconds:.0f}"])
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             times = bench_utils.interleaved(steps, device, args.warmup, args.reps, args.clock)
@@ -217,8 +250,8 @@ def main() -> None:
             )
             for name in steps:
                 if name.startswith("hf_ddpm+"):
-                    r, lo2, hi2 = paired_ratio(times["hf_ddpm"], times[name])
-                    opt_rows.append(
+                    r, lo2, hi2 = paired_ratio(times["diffusers"], times[name])
+                    variant_rows.append(
                         [
                             preset,
                             precision,
@@ -233,7 +266,8 @@ def main() -> None:
             if device.type == "cuda":
                 mem = []
                 for m, sched in ((stock, stock_sched), (ours, ours_sched)):
-                    step = make_step(m, sched, make_optimizer(m, args.optimizer), batch, device, precision)
+                    side = "stock" if m is stock else "ours"
+                    step = make_step(m, sched, make_optimizer(m, side), batch, device, precision)
                     step()
                     torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
@@ -255,8 +289,6 @@ def main() -> None:
                             str(args.batch_size),
                             "--precision",
                             precision,
-                            "--optimizer",
-                            args.optimizer,
                             "--threads",
                             str(args.threads),
                             "--device",
@@ -302,10 +334,15 @@ def main() -> None:
             memory_rows,
         ),
     ]
-    if opt_rows:
+    if variant_rows:
         sections.append(
-            f"## hf_ddpm with other optimizer implementations (speed-up over `{args.optimizer}`)\n\n"
-            + markdown_table(["preset", "autocast", "AdamW implementation", "hf_ddpm img/s", "speed-up"], opt_rows)
+            "## hf_ddpm with one lever changed (speed-up over diffusers)\n\n"
+            + markdown_table(["preset", "autocast", "variant", "hf_ddpm img/s", "speed-up (min–max)"], variant_rows)
+        )
+    if compile_rows:
+        sections.append(
+            "## torch.compile: time of the first step (compiling forward and backward)\n\n"
+            + markdown_table(["preset", "batch", "autocast", "seconds"], compile_rows)
         )
     write_report(
         args.output,
@@ -313,9 +350,10 @@ def main() -> None:
         info,
         sections,
         [
-            f"Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW "
-            f"(`{args.optimizer}` implementation) lr 2e-4; preset dropout on; {args.warmup} warm-up steps, "
-            f"{args.reps} interleaved repetitions.",
+            f"Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW lr 2e-4 "
+            f"(diffusers: torch's default implementation, as its train_unconditional.py; hf_ddpm: "
+            f"`hf_ddpm.training.optimizer.adamw`, fused, as examples/train.py); preset dropout on; {args.warmup} "
+            f"warm-up steps, {args.reps} interleaved repetitions.",
             "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
             "min–max shows the spread under the shared machine's load.",
             "FLOPs per step = 3 × 2 × forward MACs × batch (backward ≈ 2× forward); forward MACs per image: "
