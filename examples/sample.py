@@ -19,6 +19,8 @@ from diffusers.utils import make_image_grid
 from hf_ddpm import DDIMScheduler, DDPMPipeline, DDPMScheduler, DDPMUNet2DModel
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+# The UNet's forward under torch.autocast; the scheduler's step stays in float32 (its tables are float64).
+AUTOCAST_DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,6 +34,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sigma_hat", action="store_true", help="DDIM's σ̂ sampler (Table 1's larger variance).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mixed_precision",
+        choices=sorted(AUTOCAST_DTYPES),
+        default="no",
+        help="Run the UNet under torch.autocast in this dtype (as training's --mixed_precision).",
+    )
+    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument("--output", default="samples.png", help="Where to write the grid (PNG).")
     parser.add_argument(
         "--score_digits",
@@ -51,19 +60,26 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {} if args.timestep_spacing is None else {"timestep_spacing": args.timestep_spacing}
     pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, **overrides)
 
-    generator = torch.Generator().manual_seed(args.seed)
-    images = pipe(
-        batch_size=args.batch_size,
-        generator=generator,
-        num_inference_steps=args.num_inference_steps,
-        eta=args.eta,
-        sigma_hat=args.sigma_hat,
-    ).images
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pipe.to(device)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    dtype = AUTOCAST_DTYPES[args.mixed_precision]
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        images = pipe(
+            batch_size=args.batch_size,
+            generator=generator,
+            num_inference_steps=args.num_inference_steps,
+            eta=args.eta,
+            sigma_hat=args.sigma_hat,
+        ).images
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
     images += [images[0].point(lambda _: 0)] * (rows * cols - len(images))  # blank tiles fill the last row
     make_image_grid(images, rows=rows, cols=cols).save(args.output)
-    print(f"wrote {args.output} ({args.batch_size} samples, {args.scheduler}, seed {args.seed})")
+    print(
+        f"wrote {args.output} ({args.batch_size} samples, {args.scheduler}, seed {args.seed}, "
+        f"mixed precision {args.mixed_precision}, {device})"
+    )
     if args.score_digits:
         from hf_ddpm.evaluation.digits import digit_score
 
