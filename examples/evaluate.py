@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
     parser.add_argument(
+        "--channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Run the UNet in NHWC memory layout: the same numbers, 1.2-1.4x faster sampling on a CPU (benchmarks/).",
+    )
+    parser.add_argument(
         "--num_threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)."
     )
     args = parser.parse_args(argv)
@@ -126,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.num_threads)
     os.makedirs(args.output_dir, exist_ok=True)
     pipe = DDPMPipeline.from_pretrained(args.pretrained).to(args.device)
+    if args.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)  # the pipeline keeps x_t in the UNet's layout
     pipe.set_progress_bar_config(desc="NLL bound: timesteps")  # the bar of bits_per_dim; the tables show their own
     command = "python examples/evaluate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report = [f"# Evaluation of `{args.pretrained}`\n", f"Command: `{command}`\n", f"Machine: {machine()}\n"]

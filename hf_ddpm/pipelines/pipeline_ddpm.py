@@ -120,6 +120,19 @@ class DDPMPipeline(DiffusionPipeline):
             return num_train_timesteps
         return min(50, num_train_timesteps)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """`torch.channels_last` when the UNet's convolution weights are NHWC (after
+        `pipe.unet.to(memory_format=torch.channels_last)`), else `torch.contiguous_format`. The chain's x_t is kept in
+        the same format, so that no convolution converts its input at every step."""
+        for parameter in self.unet.parameters():
+            if parameter.ndim != 4:
+                continue
+            channels_last, nchw = parameter.is_contiguous(memory_format=torch.channels_last), parameter.is_contiguous()
+            if channels_last != nchw:  # both hold for 1 input channel or a 1×1 kernel: look further
+                return torch.channels_last if channels_last else torch.contiguous_format
+        return torch.contiguous_format
+
     @staticmethod
     def _uses_learned_variance(scheduler: SchedulerMixin) -> bool:
         """Whether `scheduler.step` takes a learned-variance model's 2C channels (DDPM with a learned variance_type).
@@ -267,7 +280,7 @@ class DDPMPipeline(DiffusionPipeline):
         # 2. x_T ~ N(0, I) (DDPM Algorithm 2, line 1), scaled by the scheduler's initial sigma (1 for DDPM/DDIM).
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = (latents * self.scheduler.init_noise_sigma).contiguous(memory_format=self.memory_format)
 
         # 3. Reverse process.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
@@ -402,7 +415,9 @@ class DDPMPipeline(DiffusionPipeline):
         device = self._execution_device
         dtype = self.unet.dtype
         num_inference_steps = self._check_num_inference_steps(num_inference_steps)
-        sample = self._images_to_model_space(images, value_range, device, dtype)
+        sample = self._images_to_model_space(images, value_range, device, dtype).contiguous(
+            memory_format=self.memory_format
+        )
 
         scheduler = self._ddim_scheduler()
         scheduler.set_timesteps(num_inference_steps, device=device)
