@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from hf_ddpm.data import make_transform
@@ -303,3 +304,28 @@ def test_a_deterministic_transform_is_computed_once_per_image_and_a_random_one_e
         epochs.append([flipping[i] for i in range(len(flipping))])
     assert len(calls) == 2 * len(image_dataset)
     assert any(not torch.equal(a, b) for a, b in zip(*epochs))
+
+
+@pytest.mark.slow
+def test_dynamo_inductor_training_follows_the_eager_run(tmp_path, image_dataset, tiny_flags, monkeypatch):
+    # `accelerate launch --dynamo_backend inductor` sets this variable; the compiled run must take the eager run's
+    # steps (up to kernel rounding) and save plain weights, without torch.compile's `_orig_mod.` prefix.
+    flags = ("--max_train_steps", "2", "--checkpointing_steps", "1")
+    eager, compiled = tmp_path / "eager", tmp_path / "compiled"
+    train(parse_args(tiny_flags(eager, *flags)), dataset=image_dataset)
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "INDUCTOR")
+    AcceleratorState._reset_state(reset_partial_state=True)  # as a fresh `accelerate launch` process would start
+    counters.clear()
+    train(parse_args(tiny_flags(compiled, *flags)), dataset=image_dataset)
+    assert counters["stats"]["unique_graphs"] > 0  # dynamo did compile the UNet
+    # The trained weights and the pipeline's EMA weights.
+    for folder in ("checkpoint-2/unet", "unet"):
+        expected, actual = _weights(eager / folder), _weights(compiled / folder)
+        assert actual.keys() == expected.keys()
+        for name in expected:
+            torch.testing.assert_close(actual[name], expected[name], rtol=1e-5, atol=1e-6, msg=f"{folder}: {name}")
+    # Not vacuous: one step moves the weights by far more than that tolerance.
+    step_1, step_2 = _weights(eager / "checkpoint-1" / "unet"), _weights(eager / "checkpoint-2" / "unet")
+    assert max((step_2[k] - step_1[k]).abs().max().item() for k in step_1) > 1e-5
