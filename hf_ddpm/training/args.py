@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam's ε.")
     optim.add_argument("--max_grad_norm", type=float, default=1.0, help="Gradient clipping norm.")
     optim.add_argument(
+        "--channels_last",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Train the UNet in NHWC memory layout (the same numbers; faster convolutions on some hardware, see "
+        "benchmarks/).",
+    )
+    optim.add_argument(
         "--adam_implementation",
         type=str,
         default="auto",

@@ -228,6 +228,8 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     # --- Model, noise scheduler, EMA. ---------------------------------------------------------------------------
     set_seed(args.seed)  # the same initial weights on every process and in every run
     unet = build_unet(args.model_config, args.resolution, args.variance_type)
+    if args.channels_last:
+        unet.to(memory_format=torch.channels_last)  # the same weights and numbers; the EMA copies keep the layout
     noise_scheduler = DDPMScheduler(
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
