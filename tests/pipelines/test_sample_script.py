@@ -57,3 +57,11 @@ def test_unknown_mixed_precision_is_refused(capsys):
     with pytest.raises(SystemExit):
         load_script().parse_args(["--mixed_precision", "fp8"])
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compiled_unet_samples_the_eager_grid(tiny_pipeline_dir, tmp_path):
+    script = load_script()
+    eager = _grid(script, tiny_pipeline_dir, tmp_path / "eager.png")
+    compiled = _grid(script, tiny_pipeline_dir, tmp_path / "compiled.png", "--compile")
+    assert np.abs(compiled - eager).max() <= 2 / 255  # 8-bit rounding of float-level differences
