@@ -1,0 +1,83 @@
+"""One AdamW step on a preset's parameters: torch's three implementations of the same update.
+
+diffusers' `train_unconditional.py` builds `torch.optim.AdamW(...)`, whose default on the CPU is the for-loop
+implementation (on CUDA: foreach); hf_ddpm's `examples/train.py` takes the fused kernel where torch has one
+(`hf_ddpm.training.optimizer.adamw`). This times `optimizer.step()` alone, on gradients drawn once, after a warm-up
+step that creates Adam's state, interleaved.
+
+    python benchmarks/bench_optimizer.py --presets ddpm-cifar10 --threads 1 --clock cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import bench_utils  # noqa: F401  (puts the repo root on sys.path)
+import torch
+from bench_utils import interleaved, machine_info, markdown_table, median, paired_ratio, write_report
+
+from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+from hf_ddpm.training.optimizer import adamw
+
+IMPLEMENTATIONS = ("for-loop", "foreach", "fused")
+
+
+def make_step(preset: str, implementation: str, device: torch.device):
+    torch.manual_seed(0)
+    model = DDPMUNet2DModel.from_preset(preset).to(device)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p)
+    optimizer = adamw(model.parameters(), lr=2e-4, implementation=implementation)
+    optimizer.step()  # creates the state (m, v), as after the first training step
+    return optimizer.step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["digits-16", "ddpm-cifar10"])
+    parser.add_argument("--reps", type=int, default=9)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", default="cpu", choices=["wall", "cpu"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default="optimizer_step")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    info = machine_info(device)
+    rows = []
+    for preset in args.presets:
+        steps = {name: make_step(preset, name, device) for name in IMPLEMENTATIONS}
+        num_parameters = sum(p.numel() for p in steps["fused"].__self__.param_groups[0]["params"])
+        times = interleaved(steps, device, args.warmup, args.reps, args.clock)
+        for name in IMPLEMENTATIONS:
+            ratio, lo, hi = paired_ratio(times["for-loop"], times[name])
+            rows.append(
+                [
+                    preset,
+                    f"{num_parameters / 1e6:.1f}M",
+                    name,
+                    f"{1e3 * median(times[name]):.1f}",
+                    f"{ratio:.2f}× ({lo:.2f}–{hi:.2f})",
+                ]
+            )
+            print(rows[-1], flush=True)
+    write_report(
+        args.output,
+        f"AdamW step: torch's implementations ({device.type})",
+        info,
+        [
+            markdown_table(
+                ["preset", "parameters", "implementation", "ms per step (median)", "speed-up over for-loop"], rows
+            )
+        ],
+        [
+            f"`optimizer.step()` only (lr 2e-4, weight decay 0), Adam state present; {args.warmup} warm-up step(s), "
+            f"{args.reps} interleaved repetitions; speed-up = median of per-repetition ratios.",
+            "for-loop is what diffusers' train_unconditional.py gets on the CPU; fused is examples/train.py's default.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
