@@ -186,9 +186,13 @@ def write_model_card(
     """
     Write `folder/README.md`, the model card of a saved pipeline (see [`build_model_card`] for the arguments).
 
+    Without `repo_id` the card is titled after the folder and its snippets load `"<namespace>/<folder name>"`: the
+    repo that `push_to_hub` creates by default for that folder.
+
     Returns:
         `huggingface_hub.ModelCard`: the card that was written.
     """
+    repo_id = repo_id or f"<namespace>/{Path(folder).resolve().name}"
     card = build_model_card(
         pipeline, repo_id=repo_id, training_args=training_args, metrics=metrics, license=license, datasets=datasets
     )

@@ -75,3 +75,11 @@ def test_public_settings_drops_secrets_and_paths_only():
         "mixed_precision": "no",
         "dataset_name": "ylecun/mnist",
     }
+
+
+def test_card_of_a_folder_saved_without_repo_id_is_named_after_the_folder(ddpm_pipe, tmp_path):
+    folder = tmp_path / "digits-run"
+    folder.mkdir()
+    text = write_model_card(folder, ddpm_pipe).text
+    assert "\n# digits-run\n" in text
+    assert 'DDPMPipeline.from_pretrained("<namespace>/digits-run")' in text
