@@ -138,8 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--channels_last",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="Train the UNet in NHWC memory layout (the same numbers; faster convolutions on some hardware, see "
-        "benchmarks/).",
+        help="Train the UNet in NHWC memory layout: the same steps (with dropout, other random masks: they are "
+        "drawn in memory order); faster convolutions on some hardware, see benchmarks/.",
+    )
+    optim.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="Recompute each block's activations in backward instead of storing them (less memory, slower).",
     )
     optim.add_argument(
         "--adam_implementation",

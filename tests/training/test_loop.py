@@ -322,11 +322,24 @@ def _assert_same_training(expected_dir: Path, actual_dir: Path) -> None:
     assert max((step_2[k] - step_1[k]).abs().max().item() for k in step_1) > 1e-5
 
 
-def test_channels_last_training_takes_the_same_steps(tmp_path, image_dataset, tiny_flags):
-    flags = ("--max_train_steps", "2", "--checkpointing_steps", "1")
-    train(parse_args(tiny_flags(tmp_path / "nchw", *flags)), dataset=image_dataset)
-    train(parse_args(tiny_flags(tmp_path / "nhwc", *flags, "--channels_last")), dataset=image_dataset)
-    _assert_same_training(tmp_path / "nchw", tmp_path / "nhwc")
+@pytest.mark.parametrize(
+    ("option", "dropout"),
+    [
+        # Dropout draws its mask in memory order, so an NHWC run has other (equally distributed) masks: no dropout.
+        ("--channels_last", False),
+        # Dropout on: checkpointing must replay the same masks when it recomputes a block.
+        ("--gradient_checkpointing", True),
+    ],
+)
+def test_speed_and_memory_options_take_the_same_steps(
+    tmp_path, image_dataset, tiny_dropout_config, tiny_flags, option, dropout
+):
+    flags = ["--max_train_steps", "2", "--checkpointing_steps", "1"]
+    if dropout:
+        flags += ["--model_config", tiny_dropout_config]
+    train(parse_args(tiny_flags(tmp_path / "plain", *flags)), dataset=image_dataset)
+    train(parse_args(tiny_flags(tmp_path / "option", *flags, option)), dataset=image_dataset)
+    _assert_same_training(tmp_path / "plain", tmp_path / "option")
 
 
 @pytest.mark.slow
