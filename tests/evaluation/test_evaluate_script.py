@@ -3,38 +3,19 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
-
-from hf_ddpm.models.unet_2d import DDPMUNet2DModel
-from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
-from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "evaluate.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import load_example, save_tiny_pipeline
 
 
 @pytest.fixture
 def tiny_pipeline_dir(tmp_path) -> Path:
-    torch.manual_seed(0)
-    pipe = DDPMPipeline(
-        unet=DDPMUNet2DModel.from_preset("tiny").eval(), scheduler=DDPMScheduler(num_train_timesteps=10)
-    )
-    pipe.save_pretrained(tmp_path / "pipe")
-    return tmp_path / "pipe"
+    return save_tiny_pipeline(tmp_path / "pipe", num_train_timesteps=10)
 
 
 def test_flags_parse_lists_and_reject_unknown_tables():
-    script = load_script()
+    script = load_example("evaluate")
     args = script.parse_args(["--pretrained", "x", "--steps", "10,20", "--etas", "0,0.5", "--spacings", "quadratic"])
     assert args.steps == [10, 20] and args.etas == [0.0, 0.5] and args.spacings == ["quadratic"]
     assert (
@@ -47,7 +28,7 @@ def test_flags_parse_lists_and_reject_unknown_tables():
 @pytest.mark.slow  # ~20 s on the shared CPU (loading the offline digits dominates)
 def test_script_writes_markdown_csv_and_plot(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "eval"
-    load_script().main(
+    load_example("evaluate").main(
         ["--pretrained", str(tiny_pipeline_dir), "--output_dir", str(out), "--tables", "nll,reconstruction",
          "--num_eval_images", "4", "--nll_timesteps", "4", "--reconstruction_steps", "2,10", "--num_threads", "1"]
     )  # fmt: skip

@@ -2,34 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from example_scripts import load_example, save_tiny_pipeline
 from PIL import Image
 
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
-from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
-from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "sample.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("sample_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
 def tiny_pipeline_dir(tmp_path) -> Path:
-    torch.manual_seed(0)
-    pipe = DDPMPipeline(unet=DDPMUNet2DModel.from_preset("tiny").eval(), scheduler=DDPMScheduler())
-    pipe.save_pretrained(tmp_path / "pipe")
-    return tmp_path / "pipe"
+    return save_tiny_pipeline(tmp_path / "pipe")
 
 
 def _grid(script, pipeline_dir: Path, output: Path, *flags: str) -> np.ndarray:
@@ -41,7 +26,7 @@ def _grid(script, pipeline_dir: Path, output: Path, *flags: str) -> np.ndarray:
 
 
 def test_grid_has_every_sample_and_bf16_autocast_stays_close_to_fp32(tiny_pipeline_dir, tmp_path):
-    script = load_script()
+    script = load_example("sample")
     fp32 = _grid(script, tiny_pipeline_dir, tmp_path / "fp32.png")
     again = _grid(script, tiny_pipeline_dir, tmp_path / "again.png")
     bf16 = _grid(script, tiny_pipeline_dir, tmp_path / "bf16.png", "--mixed_precision", "bf16")
@@ -55,13 +40,13 @@ def test_grid_has_every_sample_and_bf16_autocast_stays_close_to_fp32(tiny_pipeli
 
 def test_unknown_mixed_precision_is_refused(capsys):
     with pytest.raises(SystemExit):
-        load_script().parse_args(["--mixed_precision", "fp8"])
+        load_example("sample").parse_args(["--mixed_precision", "fp8"])
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_compiled_unet_samples_the_eager_grid(tiny_pipeline_dir, tmp_path):
-    script = load_script()
+    script = load_example("sample")
     eager = _grid(script, tiny_pipeline_dir, tmp_path / "eager.png")
     compiled = _grid(script, tiny_pipeline_dir, tmp_path / "compiled.png", "--compile")
     assert np.abs(compiled - eager).max() <= 2 / 255  # 8-bit rounding of float-level differences
