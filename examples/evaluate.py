@@ -57,6 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--reconstruction_steps", type=_ints, default=[10, 20, 50, 100, 200, 500, 1000], help="Table 2's S values."
     )
+    parser.add_argument(
+        "--clip_sample",
+        choices=("no", "yes", "config"),
+        default="no",
+        help="Clip x̂_0 in Table 1's samplers: 'no' as DDIM's released sampler, 'config' as the saved scheduler says.",
+    )
     parser.add_argument("--reconstruction_spacing", default="linear", help="Spacing for Table 2.")
     parser.add_argument("--num_eval_images", type=int, default=256, help="Held-out images for Table 2 and the NLL.")
     parser.add_argument(
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             seed=args.seed,
             metric=args.metric,
+            clip_sample={"no": False, "yes": True, "config": None}[args.clip_sample],
             reference_statistics=reference,
             fid_kwargs={"backend": args.fid_backend, "device": args.device} if args.metric == "fid" else None,
         )

@@ -18,6 +18,8 @@ from hf_ddpm.evaluation.tables import (
     sample_quality_table,
     write_csv,
 )
+from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
 MEAN, STD = 0.1, 0.3
@@ -26,6 +28,33 @@ MEAN, STD = 0.1, 0.3
 def std_error(images: torch.Tensor) -> float:
     """|sample std − true std| in the model's space: 0 for a perfect sampler of N(MEAN, STD²)."""
     return abs((images * 2 - 1).std().item() - STD)
+
+
+def test_quality_table_samples_without_clipping_unless_asked():
+    # DDIM's released sampler does not clip x̂_0 (the default here); clip_sample=None follows the saved config
+    # (diffusers' default True). A random UNet's x̂_0 leaves [-1, 1] at most steps, so clipping changes its samples.
+    # (The exact Gaussian ε-models cannot show it: they act per pixel, and a pixel whose x̂_0 is ever clipped ends
+    # at the range's edge either way.)
+    torch.manual_seed(0)
+    pipe = DDPMPipeline(
+        unet=DDPMUNet2DModel.from_preset("tiny").eval(), scheduler=DDPMScheduler(num_train_timesteps=20)
+    )
+    assert pipe.scheduler.config.clip_sample is True
+
+    def value(clip_sample):
+        rows = sample_quality_table(
+            pipe, steps=(5,), etas=(0.0,), sigma_hat=False, spacings=("linear",), num_samples=4, metric=_mean,
+            clip_sample=clip_sample, progress=False,
+        )  # fmt: skip
+        return rows[0]["value"]
+
+    unclipped, from_config, clipped = value(False), value(None), value(True)
+    assert from_config == clipped
+    assert abs(clipped - unclipped) > 1e-4  # measured 9e-4; float noise is ~1e-7
+
+
+def _mean(images: torch.Tensor) -> float:
+    return images.mean().item()
 
 
 def test_quality_table_covers_every_cell_and_the_exact_model_is_right_with_all_steps(gaussian_pipeline):
