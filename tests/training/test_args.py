@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hf_ddpm.training.args import build_parser, parse_args
-from hf_ddpm.training.loop import use_random_flip
+from hf_ddpm.training.loop import use_channels_last, use_random_flip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,3 +91,10 @@ def test_unknown_choice_is_refused_by_argparse(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--prediction_type", "x0"])
     assert "invalid choice: 'x0'" in capsys.readouterr().err
+
+
+def test_channels_last_defaults_to_on_under_mixed_precision_only():
+    assert use_channels_last(parse_args([]), "no") is False
+    assert use_channels_last(parse_args([]), "bf16") is True
+    assert use_channels_last(parse_args(["--no-channels_last"]), "bf16") is False
+    assert use_channels_last(parse_args(["--channels_last"]), "no") is True
