@@ -51,7 +51,7 @@ from hf_ddpm.training.checkpoint import (
 from hf_ddpm.training.loss import diffusion_loss
 from hf_ddpm.training.optimizer import adamw
 
-__all__ = ["AugmentedImages", "build_unet", "train", "use_random_flip"]
+__all__ = ["AugmentedImages", "build_unet", "train", "use_channels_last", "use_random_flip"]
 
 
 def _seed_from(*keys: int) -> int:
