@@ -29,7 +29,9 @@ autograd saves for backward (deterministic, independent of the allocator).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import time
 
 import bench_utils  # noqa: F401  (puts the repo root on sys.path)
 import torch
@@ -64,9 +66,6 @@ def make_optimizer(model: torch.nn.Module, side: str, implementation: str | None
 
 def variant_step(name: str, ours, scheduler, batch, device, precision: str):
     """One hf_ddpm step with one lever changed (see the module docstring), on a copy of `ours`."""
-    import copy
-    import time
-
     model = copy.deepcopy(ours)
     if name == "channels_last":
         model.to(memory_format=torch.channels_last)

@@ -198,9 +198,10 @@ def sample_quality_table(
     if sigma_hat:
         samplers.append(("sigma_hat", 1.0, True))
     cells = [(sp, sampler, s) for sp in spacings for sampler in samplers for s in steps]
+    overrides = {} if clip_sample is None else {"clip_sample": clip_sample}
     rows, cache = [], {}
     for spacing, (name, eta, hat), num_steps in tqdm(cells, disable=not progress, desc="DDIM table 1"):
-        pipe = _ddim_pipeline(pipeline, spacing, **({} if clip_sample is None else {"clip_sample": clip_sample}))
+        pipe = _ddim_pipeline(pipeline, spacing, **overrides)
         pipe.scheduler.set_timesteps(num_steps)
         key = (tuple(pipe.scheduler.timesteps.tolist()), eta, hat)
         if key not in cache:

@@ -66,7 +66,8 @@ def adamw(
             f"the fused AdamW needs floating-point parameters on one of {list(FUSED_DEVICE_TYPES)}, got {devices}; "
             "use implementation 'auto', 'foreach' or 'for-loop'."
         )
-    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}
+    # "default": torch's own choice for the device (for-loop on the CPU, foreach on CUDA).
+    options = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}, "default": {}}
     return torch.optim.AdamW(
-        parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, **options.get(implementation, {})
+        parameters, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps, **options[implementation]
     )
