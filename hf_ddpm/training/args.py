@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--use_ema",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Keep an EMA of the weights (diffusers' EMAModel); the final pipeline uses the EMA weights.",
+        help="Keep an EMA of the weights (hf_ddpm.training.ema.EMAModel); the final pipeline uses the EMA weights.",
     )
     optim.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: decay = 1 - (1 + n/γ)^-p.")
     optim.add_argument("--ema_power", type=float, default=3 / 4, help="p of the EMA warm-up.")

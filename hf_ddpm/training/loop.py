@@ -29,7 +29,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from tqdm.auto import tqdm
 
@@ -48,6 +47,7 @@ from hf_ddpm.training.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from hf_ddpm.training.ema import EMAModel
 from hf_ddpm.training.loss import diffusion_loss
 from hf_ddpm.training.optimizer import adamw
 
