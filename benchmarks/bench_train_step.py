@@ -1,15 +1,18 @@
 """Training-step throughput and peak memory: hf_ddpm's DDPMUNet2DModel vs stock diffusers UNet2DModel.
 
 One step is the paper's recipe (DDPM Algorithm 1, Appendix B): x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε by the scheduler's
-`add_noise` (eq. 4), forward, L_simple (eq. 14), backward, gradient-norm clip 1.0, Adam(W) at 2e-4; the preset's
-dropout is on. Both models hold the same weights, see the same batches and run interleaved in one process.
+`add_noise` (eq. 4), forward, L_simple (eq. 14), backward, gradient-norm clip 1.0, Adam(W) at 2e-4, EMA of the
+weights at 0.9999 (with diffusers' warm-up); the preset's dropout is on. Both models hold the same weights, see the
+same batches and run interleaved in one process.
 
-Each side runs the optimizer its training script builds: diffusers' `train_unconditional.py` calls
-`torch.optim.AdamW(...)` (torch's default implementation: a for-loop on the CPU, foreach on CUDA); hf_ddpm's
-`examples/train.py` calls `hf_ddpm.training.optimizer.adamw` (fused where torch has it). `--variants` adds hf_ddpm
-runs that isolate one lever each: `same_optimizer` (torch's default AdamW, i.e. the network alone), `foreach`,
-`channels_last` (UNet and batch in NHWC), `compile` (`torch.compile` of the UNet, default inductor mode; its
-compile time is reported).
+Each side runs the optimizer and EMA its training script builds: diffusers' `train_unconditional.py` calls
+`torch.optim.AdamW(...)` (torch's default implementation: a for-loop on the CPU, foreach on CUDA) and
+`EMAModel(...)` (`foreach=False`); hf_ddpm's `examples/train.py` calls `hf_ddpm.training.optimizer.adamw` (fused
+where torch has it) and `hf_ddpm.training.ema.EMAModel` (one lerp). `--no_ema` leaves the EMA out of both.
+hf_ddpm also takes its script's memory layout: NCHW in fp32, NHWC (channels_last) under bf16/fp16 autocast.
+`--variants` adds hf_ddpm runs that isolate one lever each: `same_optimizer` (diffusers' optimizer and EMA, i.e.
+the network alone), `foreach` (foreach AdamW), `channels_last` / `nchw` (UNet and batch in that layout),
+`compile` (`torch.compile` of the UNet, default inductor mode; its compile time is reported).
 
     python benchmarks/bench_train_step.py                                   # CPU: digits-32 and ddpm-cifar10, batch 8
     python benchmarks/bench_train_step.py --device cuda --batch_size 128 --precision bf16
@@ -52,7 +55,23 @@ from bench_utils import (
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-VARIANTS = ("same_optimizer", "foreach", "channels_last", "compile")
+VARIANTS = ("same_optimizer", "foreach", "channels_last", "nchw", "compile")
+
+
+EMA_SETTINGS = {"decay": 0.9999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 0.75}  # both scripts' defaults
+
+
+def make_ema(model: torch.nn.Module, side: str, enabled: bool = True):
+    """The EMA of the weights as each side's training script builds it (None without EMA)."""
+    if not enabled:
+        return None
+    if side == "stock":
+        from diffusers.training_utils import EMAModel as StockEMAModel
+
+        return StockEMAModel(model.parameters(), **EMA_SETTINGS)
+    from hf_ddpm.training.ema import EMAModel
+
+    return EMAModel(model.parameters(), **EMA_SETTINGS)
 
 
 def make_optimizer(model: torch.nn.Module, side: str, implementation: str | None = None) -> torch.optim.Optimizer:
@@ -64,15 +83,28 @@ def make_optimizer(model: torch.nn.Module, side: str, implementation: str | None
     return adamw(model.parameters(), lr=2e-4, weight_decay=0.0, implementation=implementation or "auto")
 
 
-def variant_step(name: str, ours, scheduler, batch, device, precision: str):
+def script_uses_channels_last(precision: str) -> bool:
+    """Whether `examples/train.py` trains in NHWC by default at this precision (it does under bf16/fp16 autocast)."""
+    from hf_ddpm.training.loop import use_channels_last
+
+    return use_channels_last(argparse.Namespace(channels_last=None), "no" if precision == "fp32" else precision)
+
+
+def in_layout(model, batch, channels_last: bool):
+    """`model` and `batch` in NHWC (`channels_last`) or NCHW memory layout; the model is converted in place."""
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x0, noise, timesteps = batch
+    return model.to(memory_format=memory_format), (x0.contiguous(memory_format=memory_format), noise, timesteps)
+
+
+def variant_step(name: str, ours, scheduler, batch, device, precision: str, ema: bool):
     """One hf_ddpm step with one lever changed (see the module docstring), on a copy of `ours`."""
-    model = copy.deepcopy(ours)
-    if name == "channels_last":
-        model.to(memory_format=torch.channels_last)
-        x0, noise, timesteps = batch
-        batch = (x0.contiguous(memory_format=torch.channels_last), noise, timesteps)
+    channels_last = {"channels_last": True, "nchw": False}.get(name, script_uses_channels_last(precision))
+    model, batch = in_layout(copy.deepcopy(ours), batch, channels_last)
     implementation = {"same_optimizer": "default", "foreach": "foreach"}.get(name)
-    step = make_step(model, scheduler, make_optimizer(model, "ours", implementation), batch, device, precision)
+    ema_model = make_ema(model, "stock" if name == "same_optimizer" else "ours", ema)
+    optimizer = make_optimizer(model, "ours", implementation)
+    step = make_step(model, scheduler, optimizer, ema_model, batch, device, precision)
     compile_seconds = None
     if name == "compile":
         model.compile()
@@ -82,7 +114,7 @@ def variant_step(name: str, ours, scheduler, batch, device, precision: str):
     return step, compile_seconds
 
 
-def make_step(model, scheduler, optimizer, batch, device, precision: str):
+def make_step(model, scheduler, optimizer, ema, batch, device, precision: str):
     """A closure running one training step of `model` on the fixed `batch`."""
     x0, noise, timesteps = batch
     dtype = DTYPES[precision]
@@ -96,6 +128,8 @@ def make_step(model, scheduler, optimizer, batch, device, precision: str):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(model.parameters())
 
     return step
 
@@ -153,9 +187,12 @@ def memory_probe(args) -> None:
     stock_sched, ours_sched = schedulers()
     scheduler = stock_sched if args.memory_probe == "stock" else ours_sched
     model.train()
-    optimizer = make_optimizer(model, args.memory_probe)
     batch = make_batch(model, args.batch_size, device)
-    step = make_step(model, scheduler, optimizer, batch, device, args.precision)
+    if args.memory_probe == "ours":
+        model, batch = in_layout(model, batch, script_uses_channels_last(args.precision))
+    optimizer = make_optimizer(model, args.memory_probe)
+    ema = make_ema(model, args.memory_probe, not args.no_ema)
+    step = make_step(model, scheduler, optimizer, ema, batch, device, args.precision)
     base = max_rss_mib()
     for _ in range(3):
         step()
@@ -179,6 +216,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak_tflops", type=float, default=989.0, help="GPU dense bf16 peak (H100 SXM: 989).")
     parser.add_argument("--no_memory", action="store_true", help="Skip the fresh-process peak-memory runs.")
+    parser.add_argument("--no_ema", action="store_true", help="Leave the EMA step out of both sides.")
     parser.add_argument("--output", default="train_step", help="Name of the Markdown file in benchmarks/results/.")
     parser.add_argument("--memory_probe", choices=["stock", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
@@ -209,13 +247,31 @@ def main() -> None:
         batch = make_batch(ours, args.batch_size, device)
         flops_per_step = 3 * 2 * macs * args.batch_size
         for precision in args.precision:
+            # hf_ddpm in the layout examples/train.py picks at this precision (NHWC under autocast), on a copy.
+            ours_model, ours_batch = in_layout(copy.deepcopy(ours), batch, script_uses_channels_last(precision))
             steps = {
-                "diffusers": make_step(stock, stock_sched, make_optimizer(stock, "stock"), batch, device, precision),
-                "hf_ddpm": make_step(ours, ours_sched, make_optimizer(ours, "ours"), batch, device, precision),
+                "diffusers": make_step(
+                    stock,
+                    stock_sched,
+                    make_optimizer(stock, "stock"),
+                    make_ema(stock, "stock", not args.no_ema),
+                    batch,
+                    device,
+                    precision,
+                ),
+                "hf_ddpm": make_step(
+                    ours_model,
+                    ours_sched,
+                    make_optimizer(ours_model, "ours"),
+                    make_ema(ours_model, "ours", not args.no_ema),
+                    ours_batch,
+                    device,
+                    precision,
+                ),
             }
             for variant in args.variants:
                 steps[f"hf_ddpm+{variant}"], seconds = variant_step(
-                    variant, ours, ours_sched, batch, device, precision
+                    variant, ours, ours_sched, batch, device, precision, not args.no_ema
                 )
                 if seconds is not None:
                     compile_rows.append([preset, args.batch_size, precision, f"{seconds:.0f}"])
@@ -261,12 +317,24 @@ def main() -> None:
                     )
             print(rows[-1], flush=True)
 
-            act = [saved_activation_mib(m, batch, precision, device) for m in (stock, ours)]
+            act = [
+                saved_activation_mib(m, b, precision, device) for m, b in ((stock, batch), (ours_model, ours_batch))
+            ]
             if device.type == "cuda":
                 mem = []
-                for m, sched in ((stock, stock_sched), (ours, ours_sched)):
-                    side = "stock" if m is stock else "ours"
-                    step = make_step(m, sched, make_optimizer(m, side), batch, device, precision)
+                for m, sched, side_batch, side in (
+                    (stock, stock_sched, batch, "stock"),
+                    (ours_model, ours_sched, ours_batch, "ours"),
+                ):
+                    step = make_step(
+                        m,
+                        sched,
+                        make_optimizer(m, side),
+                        make_ema(m, side, not args.no_ema),
+                        side_batch,
+                        device,
+                        precision,
+                    )
                     step()
                     torch.cuda.synchronize(device)
                     torch.cuda.reset_peak_memory_stats(device)
@@ -292,6 +360,7 @@ def main() -> None:
                             str(args.threads),
                             "--device",
                             args.device,
+                            *(["--no_ema"] if args.no_ema else []),
                         ]
                     )
                     mem.append(f"{json.loads(out.strip().splitlines()[-1])['rss_delta_mib']:.0f}")
@@ -349,10 +418,16 @@ def main() -> None:
         info,
         sections,
         [
-            f"Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW lr 2e-4 "
-            f"(diffusers: torch's default implementation, as its train_unconditional.py; hf_ddpm: "
-            f"`hf_ddpm.training.optimizer.adamw`, fused, as examples/train.py); preset dropout on; {args.warmup} "
-            f"warm-up steps, {args.reps} interleaved repetitions.",
+            "Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW lr 2e-4 "
+            "(diffusers: torch's default implementation, as its train_unconditional.py; hf_ddpm: "
+            "`hf_ddpm.training.optimizer.adamw`, fused, as examples/train.py)"
+            + (
+                ""
+                if args.no_ema
+                else " + EMA 0.9999 with warm-up (diffusers: `EMAModel`, foreach=False, as train_unconditional.py "
+                "with --use_ema; hf_ddpm: `hf_ddpm.training.ema.EMAModel`, as examples/train.py)"
+            )
+            + f"; preset dropout on; {args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
             "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
             "min–max shows the spread under the shared machine's load.",
             "FLOPs per step = 3 × 2 × forward MACs × batch (backward ≈ 2× forward); forward MACs per image: "

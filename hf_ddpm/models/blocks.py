@@ -231,8 +231,9 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
         h = self.group_norm(x) if self.group_norm is not None else x
-        # (B, C, H, W) -> (B, HW, C): a view; contiguous when x is channels_last.
-        h = h.flatten(2).transpose(1, 2)
+        # (B, C, H, W) -> (B, HW, C): a view when x is channels_last; otherwise copied once here rather than by each
+        # of the three projections.
+        h = h.flatten(2).transpose(1, 2).contiguous()
         q, k, v = (
             proj(h).view(batch, height * width, self.heads, self.head_dim).transpose(1, 2)
             for proj in (self.to_q, self.to_k, self.to_v)
