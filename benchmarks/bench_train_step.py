@@ -47,8 +47,8 @@ from bench_utils import (
     max_rss_mib,
     median,
     paired_models,
-    paired_ratio,
     run_isolated,
+    speedup_cell,
     write_report,
 )
 
@@ -279,7 +279,6 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats(device)
             times = bench_utils.interleaved(steps, device, args.warmup, args.reps, args.clock)
             t_stock, t_ours = median(times["diffusers"]), median(times["hf_ddpm"])
-            ratio, lo, hi = paired_ratio(times["diffusers"], times["hf_ddpm"])
             if device.type == "cpu":
                 peak = peaks[precision]
                 util = [
@@ -298,21 +297,20 @@ def main() -> None:
                     precision,
                     f"{args.batch_size / t_stock:.2f}",
                     f"{args.batch_size / t_ours:.2f}",
-                    f"**{ratio:.3f}×** ({lo:.2f}–{hi:.2f})",
+                    speedup_cell(times["diffusers"], times["hf_ddpm"], bold=True),
                     util[0],
                     util[1],
                 ]
             )
             for name in steps:
                 if name.startswith("hf_ddpm+"):
-                    r, lo2, hi2 = paired_ratio(times["diffusers"], times[name])
                     variant_rows.append(
                         [
                             preset,
                             precision,
                             name.split("+")[1],
                             f"{args.batch_size / median(times[name]):.2f}",
-                            f"{r:.3f}× ({lo2:.2f}–{hi2:.2f})",
+                            speedup_cell(times["diffusers"], times[name]),
                         ]
                     )
             print(rows[-1], flush=True)
@@ -382,7 +380,7 @@ def main() -> None:
                 "autocast",
                 "diffusers img/s",
                 "hf_ddpm img/s",
-                "speed-up (min–max)",
+                "speed-up [95 % CI] (min–max)",
                 "diffusers GFLOP/s (of peak)",
                 "hf_ddpm GFLOP/s (of peak)",
             ],
@@ -405,7 +403,9 @@ def main() -> None:
     if variant_rows:
         sections.append(
             "## hf_ddpm with one lever changed (speed-up over diffusers)\n\n"
-            + markdown_table(["preset", "autocast", "variant", "hf_ddpm img/s", "speed-up (min–max)"], variant_rows)
+            + markdown_table(
+                ["preset", "autocast", "variant", "hf_ddpm img/s", "speed-up [95 % CI] (min–max)"], variant_rows
+            )
         )
     if compile_rows:
         sections.append(
@@ -429,6 +429,7 @@ def main() -> None:
             )
             + f"; preset dropout on; {args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
             "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
+            "[95 % CI]: distribution-free confidence interval of that median (order statistics); "
             "min–max shows the spread under the shared machine's load.",
             "FLOPs per step = 3 × 2 × forward MACs × batch (backward ≈ 2× forward); forward MACs per image: "
             + ", ".join(f"{p} {m / 1e9:.3f} G" for p, m in macs_per_preset.items())

@@ -8,6 +8,7 @@ ratio reported is the median of the per-repetition ratios (each ratio taken from
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -153,6 +154,30 @@ def paired_ratio(slow: list[float], fast: list[float]) -> tuple[float, float, fl
     """Median, min and max of the per-repetition speed-ups `slow[i] / fast[i]` (>1: `fast` is faster)."""
     ratios = [s / f for s, f in zip(slow, fast)]
     return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def median_ci(values: list[float], level: float = 0.95) -> tuple[float, float]:
+    """
+    Distribution-free confidence interval of the median: the order statistics `x_(j)` and `x_(n+1-j)`, with the
+    largest `j` such that P(Binomial(n, 1/2) ≤ j − 1) ≤ (1 − level)/2 (coverage ≥ `level` for any continuous
+    distribution of independent samples). With too few samples for `level`, the whole range.
+    """
+    xs, n = sorted(values), len(values)
+    tail, cdf, j = (1 - level) / 2, 0.0, 0
+    for i in range(n + 1):
+        cdf += math.comb(n, i) / 2**n
+        if cdf > tail:
+            break
+        j = i + 1
+    return (xs[j - 1], xs[n - j]) if j > 0 else (xs[0], xs[-1])
+
+
+def speedup_cell(slow: list[float], fast: list[float], bold: bool = False) -> str:
+    """`median× [95 % CI of the median] (min–max)` of the per-repetition speed-ups `slow[i] / fast[i]`."""
+    ratios = [s / f for s, f in zip(slow, fast, strict=True)]
+    lo, hi = median_ci(ratios)
+    text = f"{statistics.median(ratios):.3f}×"
+    return f"{f'**{text}**' if bold else text} [{lo:.2f}, {hi:.2f}] ({min(ratios):.2f}–{max(ratios):.2f})"
 
 
 def median(xs: list[float]) -> float:
