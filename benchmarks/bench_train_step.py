@@ -427,7 +427,8 @@ def main() -> None:
                 else " + EMA 0.9999 with warm-up (diffusers: `EMAModel`, foreach=False, as train_unconditional.py "
                 "with --use_ema; hf_ddpm: `hf_ddpm.training.ema.EMAModel`, as examples/train.py)"
             )
-            + f"; preset dropout on; {args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
+            + f"; preset dropout on; hf_ddpm in its script's memory layout (NCHW in fp32, NHWC under autocast); "
+            f"{args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
             "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
             "[95 % CI]: distribution-free confidence interval of that median (order statistics); "
             "min–max shows the spread under the shared machine's load.",
