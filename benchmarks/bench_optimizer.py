@@ -18,7 +18,7 @@ import argparse
 
 import bench_utils  # noqa: F401  (puts the repo root on sys.path)
 import torch
-from bench_utils import interleaved, machine_info, markdown_table, median, paired_ratio, write_report
+from bench_utils import EMA_SETTINGS, interleaved, machine_info, markdown_table, median, paired_ratio, write_report
 from diffusers.training_utils import EMAModel as StockEMAModel
 
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
@@ -49,7 +49,7 @@ def make_ema_step(preset: str, implementation: str, device: torch.device):
     torch.manual_seed(0)
     parameters = list(DDPMUNet2DModel.from_preset(preset).to(device).parameters())
     ema_class, kwargs = EMA_IMPLEMENTATIONS[implementation]
-    ema = ema_class(parameters, decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75, **kwargs)
+    ema = ema_class(parameters, **EMA_SETTINGS, **kwargs)
     ema.step(parameters)
     return lambda: ema.step(parameters)
 

@@ -40,6 +40,7 @@ import bench_utils  # noqa: F401  (puts the repo root on sys.path)
 import torch
 import torch.nn.functional as F
 from bench_utils import (
+    EMA_SETTINGS,
     cpu_peak_gflops,
     forward_macs,
     machine_info,
@@ -56,9 +57,6 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 VARIANTS = ("same_optimizer", "foreach", "channels_last", "nchw", "compile")
-
-
-EMA_SETTINGS = {"decay": 0.9999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 0.75}  # both scripts' defaults
 
 
 def make_ema(model: torch.nn.Module, side: str, enabled: bool = True):

@@ -123,6 +123,11 @@ def synchronize(device: torch.device) -> None:
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
+# The EMA both training scripts build by default (diffusers' train_unconditional.py, hf_ddpm's examples/train.py):
+# decay up to 0.9999 with diffusers' warm-up 1 - (1 + n / inv_gamma)^-power.
+EMA_SETTINGS = {"decay": 0.9999, "use_ema_warmup": True, "inv_gamma": 1.0, "power": 0.75}
+
+
 def interleaved(
     candidates: dict[str, Callable[[], object]], device: torch.device, warmup: int, reps: int, clock: str = "wall"
 ) -> dict[str, list[float]]:
