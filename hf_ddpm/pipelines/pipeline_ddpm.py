@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from diffusers.schedulers import DDPMScheduler as _StockDDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from hf_ddpm.pipelines.hub import upload_pipeline_folder
+from hf_ddpm.pipelines.serialization import load_pipeline, to_stock_pipeline, write_remote_code_layout
+from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
 
 __all__ = ["DDPMPipeline", "slerp"]
@@ -321,8 +325,6 @@ class DDPMPipeline(DiffusionPipeline):
     # --------------------------------------------------------------------------------------------- encoding
     def _ddim_scheduler(self) -> SchedulerMixin:
         """hf_ddpm's DDIMScheduler with the current scheduler's config (spacing, β schedule, clipping...)."""
-        from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
-
         return DDIMScheduler.from_config(self.scheduler.config)
 
     def _images_to_model_space(
@@ -495,8 +497,6 @@ class DDPMPipeline(DiffusionPipeline):
         Returns:
             [`DDPMPipeline`]
         """
-        from hf_ddpm.pipelines.serialization import load_pipeline
-
         return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
 
     def save_pretrained(
@@ -523,8 +523,6 @@ class DDPMPipeline(DiffusionPipeline):
                 Also upload the folder, with a model card, via [`~DDPMPipeline.push_to_hub`]; `repo_id` and the other
                 arguments of `push_to_hub` are taken from `kwargs`.
         """
-        from hf_ddpm.pipelines.serialization import write_remote_code_layout
-
         if safe_serialization is not True:
             raise ValueError(
                 f"safe_serialization must be True: hf_ddpm writes weights as safetensors only, got {safe_serialization!r}."
@@ -533,8 +531,6 @@ class DDPMPipeline(DiffusionPipeline):
         super().save_pretrained(save_directory, safe_serialization=True, variant=variant, push_to_hub=False)
         write_remote_code_layout(save_directory, self)
         if push_to_hub:
-            from hf_ddpm.pipelines.hub import upload_pipeline_folder
-
             repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             upload_pipeline_folder(self, save_directory, repo_id, **push_kwargs)
 
@@ -581,10 +577,6 @@ class DDPMPipeline(DiffusionPipeline):
         Returns:
             `huggingface_hub.CommitInfo`: the commit that was made.
         """
-        import tempfile
-
-        from hf_ddpm.pipelines.hub import upload_pipeline_folder
-
         if kwargs:
             raise TypeError(f"push_to_hub got unexpected keyword arguments {sorted(kwargs)}.")
         with tempfile.TemporaryDirectory() as folder:
@@ -615,6 +607,4 @@ class DDPMPipeline(DiffusionPipeline):
         Returns:
             `diffusers.DDPMPipeline`
         """
-        from hf_ddpm.pipelines.serialization import to_stock_pipeline
-
         return to_stock_pipeline(self)
