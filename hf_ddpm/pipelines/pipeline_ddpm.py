@@ -22,6 +22,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.schedulers import DDPMScheduler as _StockDDPMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import CommitInfo
 
 from hf_ddpm.pipelines.hub import upload_pipeline_folder
 from hf_ddpm.pipelines.serialization import load_pipeline, to_stock_pipeline, write_remote_code_layout
@@ -527,12 +528,13 @@ class DDPMPipeline(DiffusionPipeline):
             raise ValueError(
                 f"safe_serialization must be True: hf_ddpm writes weights as safetensors only, got {safe_serialization!r}."
             )
-        push_kwargs = dict(kwargs)
+        if push_to_hub:
+            repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            inspect.signature(self.push_to_hub).bind(repo_id, **kwargs)  # push_to_hub's TypeError for a wrong option
         super().save_pretrained(save_directory, safe_serialization=True, variant=variant, push_to_hub=False)
         write_remote_code_layout(save_directory, self)
         if push_to_hub:
-            repo_id = push_kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            upload_pipeline_folder(self, save_directory, repo_id, **push_kwargs)
+            upload_pipeline_folder(self, save_directory, repo_id, **kwargs)
 
     def push_to_hub(
         self,
@@ -546,8 +548,7 @@ class DDPMPipeline(DiffusionPipeline):
         metrics: dict[str, Any] | None = None,
         license: str = "apache-2.0",
         datasets: list[str] | None = None,
-        **kwargs,
-    ):
+    ) -> CommitInfo:
         r"""
         Save the pipeline to a temporary folder, write its model card (the repo's README.md, from the `model_card.md`
         template) and upload both with huggingface_hub's `create_repo` + `upload_folder`.
@@ -564,7 +565,7 @@ class DDPMPipeline(DiffusionPipeline):
             create_pr (`bool`, *optional*, defaults to `False`):
                 Open a pull request instead of committing to `revision`.
             revision (`str`, *optional*, defaults to `None`):
-                Branch to commit to (`main` if `None`).
+                Branch to commit to (`main` if `None`); created from `main` if missing.
             training_args (`dict`, *optional*, defaults to `None`):
                 Training settings to list in the card (tokens and local paths are dropped).
             metrics (`dict`, *optional*, defaults to `None`):
@@ -577,8 +578,6 @@ class DDPMPipeline(DiffusionPipeline):
         Returns:
             `huggingface_hub.CommitInfo`: the commit that was made.
         """
-        if kwargs:
-            raise TypeError(f"push_to_hub got unexpected keyword arguments {sorted(kwargs)}.")
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder)
             return upload_pipeline_folder(
