@@ -26,10 +26,10 @@ import sys
 import time
 
 import torch
+from runtime_flags import add_runtime_arguments, prepare_pipeline
 
 from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
-from hf_ddpm.pipelines.cli import add_runtime_arguments, prepare_pipeline
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 
 TABLES = ("quality", "reconstruction", "nll")

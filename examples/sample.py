@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from diffusers.utils import make_image_grid
+from runtime_flags import add_runtime_arguments, prepare_pipeline
 
 from hf_ddpm import DDIMScheduler, DDPMPipeline, DDPMScheduler, DDPMUNet2DModel
-from hf_ddpm.pipelines.cli import add_runtime_arguments, prepare_pipeline
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 # The UNet's forward under torch.autocast; the scheduler's step stays in float32 (its tables are float64).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -17,6 +18,9 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 def load_example(name: str) -> ModuleType:
     """`examples/<name>.py` as a module (its `main(argv)` and `parse_args(argv)` are then callable)."""
+    # The scripts import their sibling modules (runtime_flags), as `python examples/<name>.py` would find them.
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"{name}_example", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

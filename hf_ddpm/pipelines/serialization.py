@@ -24,6 +24,12 @@ from typing import Any
 
 import diffusers
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
+from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
 __all__ = [
     "PICKLE_SUFFIXES",
@@ -141,9 +147,6 @@ def check_weight_files(files: list[str], component: str, where: str, allow_pickl
 
 def _resolve_folder(path: str, hub_kwargs: dict, allow_pickle: bool) -> Path:
     """A local folder as is; a repo id downloaded (configs and weights only, never code) with huggingface_hub."""
-    from huggingface_hub import HfApi, constants, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
     if os.path.isdir(path):
         return Path(path)
     if os.path.exists(path) or path.startswith((".", "/", "~")) or path.count("/") != 1:
@@ -182,16 +185,7 @@ def _resolve_folder(path: str, hub_kwargs: dict, allow_pickle: bool) -> Path:
         raise ValueError(f"revision={hub_kwargs.get('revision')!r} does not exist in Hub repo {path!r}.") from err
 
 
-def _unet_class():
-    from hf_ddpm.models.unet_2d import DDPMUNet2DModel
-
-    return DDPMUNet2DModel
-
-
 def _scheduler_class(library: str | None, class_name: str) -> type:
-    from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
-    from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-
     ours = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
     if class_name in ours:
         return ours[class_name]
@@ -249,7 +243,7 @@ def load_pipeline(pipeline_cls: type, pretrained_model_name_or_path: str | os.Pa
             )
         files = [p.relative_to(folder).as_posix() for p in (folder / "unet").rglob("*") if p.is_file()]
         check_weight_files(files, "unet", repr(path), allow_pickle)
-        unet = _unet_class().from_pretrained(
+        unet = DDPMUNet2DModel.from_pretrained(
             folder,
             subfolder="unet",
             torch_dtype=torch_dtype,

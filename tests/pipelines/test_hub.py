@@ -111,6 +111,12 @@ def test_save_pretrained_with_push_to_hub_uploads_too(hub_server, hub_repo_id, d
     assert {"README.md", "model_index.json", "pipeline_ddpm.py", "unet/unet_2d.py"} <= files
 
 
+def test_save_pretrained_with_push_to_hub_refuses_an_unknown_option_before_writing(ddpm_pipe, tmp_path):
+    with pytest.raises(TypeError, match="licence"):
+        ddpm_pipe.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="user/model", licence="mit")
+    assert not (tmp_path / "out").exists()
+
+
 def test_repo_id_that_does_not_exist_is_refused(hub_server):
     missing = f"{hub_server.user}/no-such-model"
     with pytest.raises(ValueError, match=f"no model repo '{missing}' exists"):

@@ -221,6 +221,13 @@ def test_eta_or_sigma_hat_with_a_scheduler_that_cannot_use_them_is_refused(ddpm_
         ddpm_pipe(sigma_hat=True)
 
 
+@pytest.mark.parametrize("eta", [-0.5, float("nan")])
+def test_eta_outside_the_ddim_range_is_refused_by_the_scheduler_step(ddim_pipe, eta):
+    # The pipeline hands eta to DDIMScheduler.step, which owns its range (eta >= 0, finite).
+    with pytest.raises(ValueError, match="eta"):
+        ddim_pipe(eta=eta, num_inference_steps=2)
+
+
 def test_unknown_callback_tensor_input_is_refused(ddim_pipe):
     with pytest.raises(ValueError, match="callback_on_step_end_tensor_inputs"):
         ddim_pipe(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["prompt_embeds"])

@@ -1,8 +1,8 @@
-"""Command-line options shared by the scripts that run a pipeline (`examples/sample.py`, `examples/evaluate.py`).
+"""Flags shared by the scripts that run a pipeline (`sample.py`, `evaluate.py`): `--device`, `--channels_last`,
+`--compile`.
 
-`add_runtime_arguments` adds `--device`, `--channels_last` and `--compile`; `prepare_pipeline` applies them. Both
-layout and compilation leave the numbers as they are up to float rounding (tests/pipelines); the speed-ups they
-give are measured in `benchmarks/results/sampling*.md`.
+Layout and compilation change the speed, not the numbers (up to float rounding); what they gain is measured in
+`benchmarks/README.md`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
+from hf_ddpm import DDPMPipeline
 
 __all__ = ["add_runtime_arguments", "prepare_pipeline"]
 
@@ -23,12 +23,13 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--channels_last",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Run the UNet in NHWC memory layout: the same numbers, 1.1-1.35x faster sampling on a CPU (benchmarks/).",
+        help="Run the UNet in NHWC memory layout: the same numbers; the speed-up is measured in benchmarks/README.md.",
     )
     parser.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the UNet: faster steps after a one-off compilation (benchmarks/results/sampling_compile.md).",
+        help="torch.compile the UNet: the first batch pays a one-off compilation; the speed-up after it is measured "
+        "in benchmarks/README.md.",
     )
 
 
@@ -43,5 +44,5 @@ def prepare_pipeline(pipe: DDPMPipeline, args: argparse.Namespace) -> torch.devi
     if args.channels_last:
         pipe.unet.to(memory_format=torch.channels_last)  # the pipeline keeps x_t in the UNet's layout
     if args.compile:
-        pipe.unet.compile()  # the first batch pays the compilation (1-4 min for the digits presets on a CPU)
+        pipe.unet.compile()  # compiles lazily, on the first batch
     return device
