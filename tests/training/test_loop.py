@@ -13,7 +13,6 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from hf_ddpm.data import make_transform
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.training import loop
@@ -275,35 +274,6 @@ def test_without_data_flags_it_trains_on_the_offline_mnist_digits(tmp_path, tiny
     assert f"{len(load_image_dataset(seed=0))} images" in capsys.readouterr().out
     pipeline = DDPMPipeline.from_pretrained(tmp_path / "out")
     assert pipeline.unet.config.in_channels == pipeline.unet.config.out_channels == 1
-
-
-def test_a_deterministic_transform_is_computed_once_per_image_and_a_random_one_every_time(image_dataset):
-    # The cache must never freeze a random augmentation: a flipping transform keeps drawing per (epoch, index).
-    calls = []
-
-    def counting(transform):
-        def wrapped(image, generator=None):
-            calls.append(1)
-            return transform(image, generator)
-
-        wrapped.deterministic = transform.deterministic
-        return wrapped
-
-    fixed = loop.AugmentedImages(image_dataset, counting(make_transform(8, 3, center_crop=True)), seed=0)
-    first = [fixed[i] for i in range(len(fixed))]
-    fixed.set_epoch(1)
-    second = [fixed[i] for i in range(len(fixed))]
-    assert len(calls) == len(image_dataset)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-
-    calls.clear()
-    flipping = loop.AugmentedImages(image_dataset, counting(make_transform(8, 3, random_flip=True)), seed=0)
-    epochs = []
-    for epoch in (0, 1):
-        flipping.set_epoch(epoch)
-        epochs.append([flipping[i] for i in range(len(flipping))])
-    assert len(calls) == 2 * len(image_dataset)
-    assert any(not torch.equal(a, b) for a, b in zip(*epochs))
 
 
 def _assert_same_training(expected_dir: Path, actual_dir: Path) -> None:
