@@ -58,7 +58,7 @@ __all__ = ["build_unet", "train", "use_channels_last", "use_random_flip"]
 
 
 def use_channels_last(args: argparse.Namespace, mixed_precision: str) -> bool:
-    """`--channels_last`, or by default NHWC exactly when training under bf16/fp16 autocast (where it measured faster)."""
+    """`--channels_last`, or by default NHWC exactly under bf16/fp16 autocast (see `benchmarks/README.md`)."""
     return args.channels_last if args.channels_last is not None else mixed_precision in ("bf16", "fp16")
 
 
@@ -113,11 +113,6 @@ def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_s
     config["sample_size"] = resolution
     config["out_channels"] = 2 * in_channels if variance_type in LEARNED_VARIANCE_TYPES else in_channels
     return DDPMUNet2DModel.from_config(config)
-
-
-def _hparams(args: argparse.Namespace) -> dict:
-    # TensorBoard's hparams take scalars and strings only; a token never goes to a tracker.
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
 
 
 def _hparams(args: argparse.Namespace) -> dict:
