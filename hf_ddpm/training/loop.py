@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,8 @@ from hf_ddpm.training.loss import diffusion_loss
 from hf_ddpm.training.optimizer import adamw
 
 __all__ = ["build_unet", "train", "use_channels_last", "use_random_flip"]
+
+# Below the public helpers, the steps of `train` in the order it calls them, then `train` itself.
 
 
 def use_channels_last(args: argparse.Namespace, mixed_precision: str) -> bool:
@@ -303,7 +306,7 @@ def start_progress(run: TrainingRun) -> None:
     run.step_start = time.perf_counter()
 
 
-def epoch_batches(run: TrainingRun, epoch: int):
+def epoch_batches(run: TrainingRun, epoch: int) -> Iterator[tuple[int, torch.Tensor]]:
     """`(batch_index, x_0)` of `epoch`, skipping the batches a resumed run already trained on."""
     run.unet.train()
     run.dataloader.set_epoch(epoch)  # the epoch's permutation and augmentations
