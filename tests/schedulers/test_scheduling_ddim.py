@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.schedulers.schedule_utils import quadratic_timesteps
+from hf_ddpm.schedulers.timestep_spacing import quadratic_timesteps
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 

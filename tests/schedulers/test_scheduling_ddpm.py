@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.schedulers.schedule_utils import discretized_gaussian_log_likelihood, normal_kl
+from hf_ddpm.schedulers.gaussian_likelihood import discretized_gaussian_log_likelihood, normal_kl
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
 SHAPE = (4, 3, 8, 8)
