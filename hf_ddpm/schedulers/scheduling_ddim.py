@@ -273,16 +273,13 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         return_dict: bool = True,
     ) -> DDIMSchedulerOutput | tuple:
         """
-        One DDIM encoding step (DDIM §4.3): eq. 12 with η = 0 run forward in t, from the level of
-        `previous_timestep(timestep)` up to `timestep`.
+        One DDIM encoding step (DDIM §4.3): eq. 12 with η = 0 run forward, from the level of
+        `previous_timestep(timestep)` up to `timestep`: ε̂ from the model output, x̂_0 = (x_prev − √(1 − ᾱ_prev) ε̂) /
+        √ᾱ_prev, then x_t = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂. No clipping (it would break invertibility).
 
-        `sample` is x at the level of `previous_timestep(timestep)` — the clean data x_0 when `timestep` is the
-        smallest scheduled timestep (then ᾱ = 1, or ᾱ at t = 0 without `set_alpha_to_one`). `model_output` is the model
-        evaluated at (`sample`, `timestep`), i.e. at the target timestep, because the level below the first step has
-        no trained timestep (the same choice as diffusers' DDIMInverseScheduler); its prediction type is read as at
-        `timestep`. Then ε̂ = `predict_noise(model_output, sample, timestep)`,
-        x̂_0 = (x_prev − √(1 − ᾱ_prev) ε̂) / √ᾱ_prev and x_t = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂. No clipping (it would break
-        invertibility). The first step from x_0 gives x̂_0 = x_0 and x_{τ_1} = √ᾱ x_0 + √(1 − ᾱ) ε_θ(x_0, τ_1).
+        The model is evaluated at (`sample`, `timestep`), the target timestep, because the level below the first step
+        has no trained timestep (as in diffusers' DDIMInverseScheduler). From clean data the first step is eq. 4 with
+        ε_θ(x_0, τ_1).
 
         Loop: `for t in scheduler.timesteps.flip(0): sample = scheduler.inversion_step(model(sample, t), t, sample)`.
 

@@ -402,6 +402,13 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
     # ----------------------------------------------------------------------------------------------------------------
     # Sampling
 
+    def _noise_scale(self, p: DDPMMeanVariance, t: int | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """σ_t computed as the parent does (same noise, same samples); 0 for examples of a batch on their last step."""
+        std = torch.exp(0.5 * p.log_variance) if self.config.variance_type == "learned_range" else p.variance.sqrt()
+        if not isinstance(t, int):
+            std = std * (self._gather("prev_timesteps", t, sample) >= 0).to(std.dtype)
+        return std
+
     def step(
         self,
         model_output: torch.Tensor,
@@ -433,19 +440,13 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         """
         t = self._as_timesteps(timestep, sample, scheduled=True)
         self._check_model_output(model_output, sample)
-        p = self._p_mean_variance(model_output, sample, t, clip_sample=None)
+        p = self._p_mean_variance(model_output, sample, t, clip_sample=None)  # x̂_0, μ_θ and σ_t²
         prev_sample = p.mean
-        if not (isinstance(t, int) and int(self.prev_timesteps[t]) < 0):  # z = 0 on the last step
+        if not (isinstance(t, int) and int(self.prev_timesteps[t]) < 0):  # z = 0 on the schedule's last step
             noise = randn_tensor(
                 sample.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
-            # σ_t as the parent computes it, so that the same noise gives the same samples
-            std = (
-                torch.exp(0.5 * p.log_variance) if self.config.variance_type == "learned_range" else p.variance.sqrt()
-            )
-            if not isinstance(t, int):  # a batch of timesteps: z = 0 for the examples on their last step
-                std = std * (self._gather("prev_timesteps", t, sample) >= 0).to(std.dtype)
-            prev_sample = prev_sample + std * noise
+            prev_sample = prev_sample + self._noise_scale(p, t, sample) * noise
 
         if not return_dict:
             return (prev_sample, p.pred_original_sample)
