@@ -518,7 +518,9 @@ def test_a_new_schedule_replaces_the_tables_of_the_last_one():
     def posterior_mean_by_hand(prev):  # eq. 7 for the step 800 → prev; the exact ε gives x̂_0 = x_0
         a_t, a_prev = scheduler.alphas_cumprod_f64[800], scheduler.alphas_cumprod_f64[prev]
         beta = 1 - a_t / a_prev
-        return a_prev.sqrt() * beta / (1 - a_t) * x0.double() + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt
+        return (
+            a_prev.sqrt() * beta / (1 - a_t) * x0.double() + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt.double()
+        )
 
     scheduler.set_timesteps(5)  # leading: 800 → 600
     torch.testing.assert_close(scheduler.p_mean_variance(eps, xt, 800).mean, posterior_mean_by_hand(600).float())
