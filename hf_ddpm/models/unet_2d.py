@@ -357,16 +357,25 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
                 f"`sample` height and width must be divisible by {factor} (the model halves them "
                 f"{self.num_downsamplings} times); got {tuple(sample.shape[2:])}."
             )
-        if self.class_embedding is None and class_labels is not None:
-            raise ValueError("`class_labels` were given but the model is unconditional (`num_class_embeds` is None).")
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError(f"`class_labels` are required: the model has {c.num_class_embeds} classes.")
-            if class_labels.ndim > 1 or (class_labels.ndim == 1 and class_labels.shape[0] not in (1, sample.shape[0])):
+        self._check_class_labels(class_labels, batch=sample.shape[0])
+
+    def _check_class_labels(self, class_labels: torch.Tensor | None, batch: int) -> None:
+        if self.class_embedding is None:
+            if class_labels is not None:
                 raise ValueError(
-                    f"`class_labels` must be a 0-d tensor or a 1-d tensor of length 1 or the batch size "
-                    f"{sample.shape[0]}; got shape {tuple(class_labels.shape)}."
+                    "`class_labels` were given but the model is unconditional (`num_class_embeds` is None)."
                 )
+            return
+        if class_labels is None:
+            raise ValueError(f"`class_labels` are required: the model has {self.config.num_class_embeds} classes.")
+        if not torch.is_tensor(class_labels) or class_labels.dtype not in (torch.int64, torch.int32):
+            got = f"dtype {class_labels.dtype}" if torch.is_tensor(class_labels) else type(class_labels).__name__
+            raise TypeError(f"`class_labels` must be an int64 or int32 tensor (class indices); got {got}.")
+        if class_labels.ndim > 1 or (class_labels.ndim == 1 and class_labels.shape[0] not in (1, batch)):
+            raise ValueError(
+                f"`class_labels` must be a 0-d tensor or a 1-d tensor of length 1 or the batch size {batch}; "
+                f"got shape {tuple(class_labels.shape)}."
+            )
 
     def forward(
         self,
