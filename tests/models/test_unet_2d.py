@@ -188,9 +188,9 @@ def test_layerwise_casting_runs_like_stock(storage_dtype):
         assert ours.dtype == torch.float32  # the compute dtype
         got, expected = ours(x, t, labels).sample, stock(x, t, labels).sample
     assert got.dtype == expected.dtype == torch.float32
-    assert _rel_err(got, expected) <= 1e-4
-    # Only the rounding of the stored weights separates it from the float32 model.
-    assert 0 < _rel_err(got, float32_out) < 3e-2
+    assert _rel_err(got, expected) <= 1e-5  # measured 5e-7 (float32 summation order)
+    # Only the rounding of the stored weights separates it from the float32 model (measured 5e-4 / 4e-3).
+    assert 0 < _rel_err(got, float32_out) < 1e-2
 
 
 def test_cifar10_layout_matches_stock_google_config(tmp_path):
