@@ -97,7 +97,8 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
     r"""
     The DDPM U-Net (Ho et al. 2020, Appendix B): Wide-ResNet blocks with GroupNorm, a sinusoidal timestep embedding
     added in every block, self-attention at chosen resolutions, written from scratch with diffusers `UNet2DModel`'s
-    config fields and parameter names. Paper networks and small CPU models: [`~DDPMUNet2DModel.from_preset`].
+    config fields and parameter names. Under the same seed a config gives UNet2DModel's initial weights, in its
+    parameter order. Paper networks and small CPU models: [`~DDPMUNet2DModel.from_preset`].
 
     Parameters:
         sample_size (`int` or `tuple[int, int]`, *optional*, defaults to `None`):
@@ -342,6 +343,18 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
             )
         return timestep.reshape(-1).to(sample.device)
 
+    def _time_embedding_dtype(self) -> torch.dtype:
+        """
+        The dtype the time embedding's first layer computes in: its weights' dtype, or the compute dtype when
+        diffusers' layerwise casting stores the weights in another. UNet2DModel casts to `ModelMixin.dtype`, which
+        gives the same answer by walking every module on each call; this asks the one layer, through the hook
+        registry that `ModelMixin.dtype` reads.
+        """
+        layer = self.time_embedding.linear_1
+        registry = getattr(layer, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        return hook.compute_dtype if hook is not None else layer.weight.dtype
+
     def _check_inputs(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> None:
         c = self.config
         if not torch.is_tensor(sample) or not sample.is_floating_point():
@@ -411,8 +424,7 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
         t_emb = timestep_embedding(
             timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift
         )
-        # To the dtype the layers compute in: the weights' dtype, or the compute dtype under layerwise casting.
-        emb = self.time_embedding(t_emb.to(self.dtype))
+        emb = self.time_embedding(t_emb.to(self._time_embedding_dtype()))
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(class_labels.reshape(-1).to(sample.device)).to(emb.dtype)
         temb_act = self.temb_act(emb)
