@@ -266,7 +266,7 @@ class DDPMPipeline(DiffusionPipeline):
             if getattr(self, name, None) is None:
                 raise ValueError(
                     f"This DDPMPipeline has no {name} ({name}=None); build it with DDPMPipeline(unet=..., "
-                    f"scheduler=...) or set pipe.{name} before sampling."
+                    f"scheduler=...) or set pipe.{name} first."
                 )
 
     def _check_call_inputs(self, batch_size: Any, generator: Any, output_type: Any, latents: Any) -> None:
