@@ -28,7 +28,8 @@ WITH_INF = x_with(float("inf"), (1, 2, 3, 4))  # one value
 def case(name, kwargs, error, *words, pipeline="ddim", method="__call__"):
     """One row: call `pipeline`'s `method` with `kwargs`; expect `error` with every one of `words` in its message.
 
-    `pipeline`: "ddim" / "ddpm" (tiny UNet, T = 10), "no_unet" / "no_scheduler" (built with that component None).
+    `pipeline` names a `<pipeline>_pipe` fixture: "ddim" / "ddpm" (tiny UNet, T = 10), "no_unet" / "no_scheduler"
+    (built with that component None).
     """
     return pytest.param(pipeline, method, kwargs, error, words, id=name)
 
@@ -116,18 +117,18 @@ CASES = [
 
 
 @pytest.fixture
-def pipelines(ddim_pipe, ddpm_pipe, tiny_unet, quiet):
-    return {
-        "ddim": ddim_pipe,
-        "ddpm": ddpm_pipe,
-        "no_unet": quiet(DDPMPipeline(unet=None, scheduler=DDIMScheduler(num_train_timesteps=10))),
-        "no_scheduler": quiet(DDPMPipeline(unet=tiny_unet(), scheduler=None)),
-    }
+def no_unet_pipe(quiet):
+    return quiet(DDPMPipeline(unet=None, scheduler=DDIMScheduler(num_train_timesteps=10)))
+
+
+@pytest.fixture
+def no_scheduler_pipe(tiny_unet, quiet):
+    return quiet(DDPMPipeline(unet=tiny_unet(), scheduler=None))
 
 
 @pytest.mark.parametrize(("pipeline", "method", "kwargs", "error", "words"), CASES)
-def test_bad_input_is_refused_before_any_work(pipelines, pipeline, method, kwargs, error, words):
-    pipe = pipelines[pipeline]
+def test_bad_input_is_refused_before_any_work(request, pipeline, method, kwargs, error, words):
+    pipe = request.getfixturevalue(f"{pipeline}_pipe")
     unet_calls = []
     if pipe.unet is not None:
         pipe.unet.register_forward_pre_hook(lambda module, args: unet_calls.append(1))
