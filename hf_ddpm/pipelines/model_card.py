@@ -353,8 +353,17 @@ def _grid_layout(images: list) -> Any:
 
 @torch.no_grad()
 def draw_sample_grid(pipeline: Any) -> Any:
-    """`GRID_IMAGES` samples with DDIM (η = 0, `GRID_STEPS` steps at most T, seed `GRID_SEED`), as one PIL grid. The
-    pipeline's own scheduler is left as it is."""
+    """
+    16 samples drawn with DDIM (η = 0, 25 steps or T if fewer, seed 0), as one grid; the pipeline's scheduler and the
+    UNet's train/eval mode are left as they are.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The pipeline to sample from.
+
+    Returns:
+        `PIL.Image.Image`: the samples in a 4×4 grid (diffusers' `make_image_grid`).
+    """
     scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
     sampler = type(pipeline)(unet=pipeline.unet, scheduler=scheduler)
     sampler.set_progress_bar_config(disable=True)
@@ -379,7 +388,9 @@ def _training_grid_note(path: Path, training_args: dict[str, str]) -> str:
         for key, label in (("eval_batch_size", "images:"), ("num_inference_steps", "steps:"), ("seed", "seed"))
         if key in training_args
     )
-    weights = "the EMA weights" if training_args.get("use_ema", "True") == "True" else "the trained weights"
+    weights = {"True": "the EMA weights", "False": "the trained weights"}.get(
+        training_args.get("use_ema"), "the model"
+    )
     return f"The last grid training drew (step {step}), from {weights} with DDIM, η = 0" + (
         f"; {how}." if how else "."
     )
