@@ -100,10 +100,19 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     return _TOKEN.sub(REDACTED, text)
 
 
+def _machine_names() -> set[str]:
+    """This machine's user and host names."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no login name in the environment and no passwd entry (some containers)
+        user = ""
+    return {user, socket.gethostname()}
+
+
 def _scrub(value: str) -> str:
     """A free-text setting without tokens, absolute paths, or this machine's user and host names."""
     value = _ABSOLUTE_PATH.sub(REDACTED, redact(value))
-    for name in {getpass.getuser(), socket.gethostname()}:
+    for name in _machine_names():
         if name:
             value = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", REDACTED, value)
     return value
