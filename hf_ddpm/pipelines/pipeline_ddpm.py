@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -25,7 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import CommitInfo
 
-from hf_ddpm.pipelines.hub import upload_pipeline_folder
+from hf_ddpm.pipelines.hub import push_pipeline, upload_pipeline_folder
 from hf_ddpm.pipelines.serialization import load_pipeline, to_stock_pipeline, write_remote_code_layout
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
@@ -571,12 +570,17 @@ class DDPMPipeline(DiffusionPipeline):
         revision: str | None = None,
         training_args: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
-        license: str = "apache-2.0",
+        license: str | None = None,
         datasets: list[str] | None = None,
+        sample_grid: bool = True,
     ) -> CommitInfo:
         r"""
         Save the pipeline to a temporary folder, write its model card (the repo's README.md) and upload both as one
-        commit.
+        commit; the repo's URL is printed.
+
+        A pipeline loaded from a local folder keeps that folder's training summary (`training_summary.json`) and
+        sample grid when `training_args`, `metrics` and `datasets` are not given. Nothing published names a local
+        path, this machine's user or host, or a Hub token.
 
         Args:
             repo_id (`str`):
@@ -586,39 +590,42 @@ class DDPMPipeline(DiffusionPipeline):
             private (`bool`, *optional*, defaults to `None`):
                 Visibility of a newly created repo (the Hub's default if `None`).
             token (`str` or `bool`, *optional*, defaults to `None`):
-                Hub token; huggingface_hub's stored token if `None`. Never written to the card.
+                Hub token; huggingface_hub's stored token if `None`. Redacted wherever it occurs in the upload.
             create_pr (`bool`, *optional*, defaults to `False`):
                 Open a pull request instead of committing to `revision`.
             revision (`str`, *optional*, defaults to `None`):
                 Branch to commit to (`main` if `None`); created from `main` if missing.
             training_args (`dict`, *optional*, defaults to `None`):
-                Training settings to list in the card (tokens and local paths are dropped).
+                Training settings for the card's table and data line (tokens and local paths are dropped); keys
+                read besides the flags of `examples/train.py`: `dataset_name`, `train_data_dir`,
+                `num_train_images`, `global_step`, `epochs_run`, `use_ema`.
             metrics (`dict`, *optional*, defaults to `None`):
                 Measured metrics (e.g. `{"fid": 3.17}`) to list in the card.
-            license (`str`, *optional*, defaults to `"apache-2.0"`):
-                License identifier for the card's metadata.
+            license (`str`, *optional*, defaults to `None`):
+                License identifier for the card's metadata (e.g. `"apache-2.0"`); none is stated if `None`.
             datasets (`list[str]`, *optional*, defaults to `None`):
                 Hub dataset ids the model was trained on, for the card's metadata (local paths are dropped).
+            sample_grid (`bool`, *optional*, defaults to `True`):
+                When the pipeline's folder holds no sample grid, draw one for the card (16 images, DDIM η = 0, 25
+                steps, seed 0). `False` draws none.
 
         Returns:
             `huggingface_hub.CommitInfo`: the commit that was made.
         """
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            return upload_pipeline_folder(
-                self,
-                folder,
-                repo_id,
-                commit_message=commit_message,
-                private=private,
-                token=token,
-                create_pr=create_pr,
-                revision=revision,
-                training_args=training_args,
-                metrics=metrics,
-                license=license,
-                datasets=datasets,
-            )
+        return push_pipeline(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            revision=revision,
+            training_args=training_args,
+            metrics=metrics,
+            license=license,
+            datasets=datasets,
+            sample_grid=sample_grid,
+        )
 
     def to_diffusers(self) -> DiffusionPipeline:
         """
