@@ -26,6 +26,7 @@ from hf_ddpm.training.optimizer import ADAM_IMPLEMENTATIONS
 
 __all__ = [
     "ALIASES",
+    "NO_EFFECT_FLAGS",
     "TRAIN_BETA_SCHEDULES",
     "TRAIN_UNCONDITIONAL_DEFAULTS",
     "TRAIN_VARIANCE_TYPES",
@@ -77,6 +78,8 @@ TRAIN_UNCONDITIONAL_DEFAULTS: dict[str, Any] = {
 # --save_model_epochs, the pipeline every this many epochs (train_unconditional.py's default).
 DEFAULT_SAVE_IMAGES_STEPS = 1000
 DEFAULT_SAVE_MODEL_EPOCHS = 10
+# Accepted so that train_unconditional.py's command lines run; they change nothing here (see their help).
+NO_EFFECT_FLAGS = ("enable_xformers_memory_efficient_attention", "local_rank")
 _GIVEN = "_given_flags"  # where the parser notes which option string set which value (removed by validate_args)
 
 
@@ -335,44 +338,50 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
         help="A checkpoint folder, or 'latest' for the newest in --output_dir (a fresh start if there is none).",
     )
     io.add_argument(
+        "--logger", type=installed_logger, default="tensorboard", choices=LOGGERS, help="Experiment tracker."
+    )
+    io.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+
+
+def _add_sample_and_save_args(parser: argparse.ArgumentParser) -> None:
+    saves = parser.add_argument_group("sample grids and pipeline saves")
+    saves.add_argument(
         "--save_images_steps",
         type=positive_int,
         default=None,
         help="Save and log a grid of samples every N steps, and always at the end. Default: every "
         f"{DEFAULT_SAVE_IMAGES_STEPS} steps unless --save_images_epochs is given.",
     )
-    io.add_argument(
+    saves.add_argument(
         "--save_images_epochs",
         type=positive_int,
         default=None,
         help="Also save and log a grid after every N completed epochs (train_unconditional.py's unit).",
     )
-    io.add_argument(
+    saves.add_argument(
         "--save_model_steps",
         type=positive_int,
         default=None,
         help="Save the pipeline (EMA weights, model card) to --output_dir every N steps, and always at the end; with "
         "--push_to_hub, push it each time.",
     )
-    io.add_argument(
+    saves.add_argument(
         "--save_model_epochs",
         type=positive_int,
         default=None,
         help="Also save (and push) the pipeline after every N completed epochs. Default: every "
         f"{DEFAULT_SAVE_MODEL_EPOCHS} epochs unless --save_model_steps is given (train_unconditional.py's default).",
     )
-    io.add_argument("--eval_batch_size", type=positive_int, default=16, help="Number of images in each sample grid.")
-    io.add_argument(
+    saves.add_argument(
+        "--eval_batch_size", type=positive_int, default=16, help="Number of images in each sample grid."
+    )
+    saves.add_argument(
         *_with_alias("--num_inference_steps"),
         action=_StoreNoted,
         type=positive_int,
         default=50,
         help="DDIM (η = 0) steps for the sample grids (at most --num_train_timesteps).",
     )
-    io.add_argument(
-        "--logger", type=installed_logger, default="tensorboard", choices=LOGGERS, help="Experiment tracker."
-    )
-    io.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
 
 
 def _add_hub_args(parser: argparse.ArgumentParser) -> None:
@@ -436,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_ema_args,
         _add_speed_args,
         _add_output_args,
+        _add_sample_and_save_args,
         _add_hub_args,
         _add_accepted_args,
     ):

@@ -1,7 +1,10 @@
 """The DDPM training loop (Ho et al. 2020, Algorithm 1) on Accelerate, read top to bottom.
 
 One process, several processes or GPUs, mixed precision and gradient accumulation all go through Accelerate;
-only the main process writes checkpoints' weights, logs, sample grids and the final pipeline.
+only the main process writes checkpoints' weights, logs, sample grids and the pipeline. The pipeline (EMA weights,
+model card) is saved every `--save_model_steps`/`--save_model_epochs` and at the end, each time replacing the
+previous one atomically (`save_pipeline_atomically`) and pushed with `--push_to_hub`; every run ends with a sample
+grid.
 
 Exact resume. Everything random is a function of positions, not of history:
 - the data order of epoch e is the permutation Accelerate's seedable sampler draws from `seed + e`, and a resumed
@@ -43,7 +46,7 @@ from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES, DDPMScheduler
-from hf_ddpm.training.args import TRAIN_UNCONDITIONAL_DEFAULTS, validate_args
+from hf_ddpm.training.args import NO_EFFECT_FLAGS, TRAIN_UNCONDITIONAL_DEFAULTS, validate_args
 from hf_ddpm.training.checkpoint import (
     checkpoint_step,
     list_checkpoints,
@@ -214,9 +217,10 @@ def _hparams(run: TrainingRun) -> dict:
         "data": run.data_description,
         "num_train_images": len(run.dataloader.dataset),
     }
-    del settings["train_data_dir"]  # said by "data" and "num_train_images": a local path stays on this machine
-    # TensorBoard's hparams take scalars and strings only; a token never goes to a tracker.
-    return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+    # "data" and "num_train_images" say what train_data_dir was: a local path stays on this machine.
+    skipped = {"train_data_dir", "hub_token", *NO_EFFECT_FLAGS}  # a token never goes to a tracker
+    # TensorBoard's hparams take scalars and strings only.
+    return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k not in skipped}
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -646,8 +650,8 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
             Rows with an `image` column to train on instead of the flags' data source (for tests and notebooks).
 
     Returns:
-        `Path`: the output folder, holding the pipeline (EMA weights when `--use_ema`), its model card, the
-        checkpoints, the sample grids and the tracker logs.
+        `Path`: the output folder, holding the last saved pipeline (EMA weights when `--use_ema`) and its model
+        card, the checkpoints, the sample grids (`samples/`) and the tracker logs.
 
     Raises:
         `ValueError`: for bad flags, or an output folder that holds checkpoints while neither

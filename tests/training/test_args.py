@@ -24,6 +24,7 @@ PUBLIC_FLAGS = """
 --mixed_precision --seed --checkpointing_steps --checkpoints_total_limit --resume_from_checkpoint --save_images_steps
 --logger --logging_dir --push_to_hub --hub_model_id --hub_token --hub_private_repo --prediction_type
 --num_train_timesteps --beta_schedule --variance_type --dataloader_num_workers --model_config --loss_type
+--save_images_epochs --save_model_steps --save_model_epochs --hub_license
 """.split()
 
 

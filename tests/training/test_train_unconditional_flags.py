@@ -168,6 +168,7 @@ def test_a_run_says_which_defaults_differ_and_records_the_resolved_values(tmp_pa
     assert table["random_flip"] == "False" and table["use_ema"] == "True" and table["mixed_precision"] == "no"
     assert (table["global_step"], table["epochs"], table["num_train_images"]) == ("1", "0.17", "22")
     assert "train_data_dir" not in table and "license:" not in card  # no --hub_license: no license claimed
+    assert "local_rank" not in table and "enable_xformers_memory_efficient_attention" not in table  # no effect
 
 
 def test_an_image_folder_run_describes_the_folder_without_its_path(tmp_path, tiny_flags):
