@@ -186,3 +186,4 @@ def test_an_image_folder_run_describes_the_folder_without_its_path(tmp_path, tin
     table = _card_table(card)
     assert (table["data"], table["num_train_images"], table["random_flip"]) == ("a local image folder", "4", "True")
     assert "private-faces" not in card and "license: mit" in card
+    assert "Trained on a local image folder, 4 training images." in card and "MNIST" not in card
