@@ -285,6 +285,18 @@ def _add_hub_args(parser: argparse.ArgumentParser) -> None:
     hub.add_argument("--hub_private_repo", action="store_true", default=False, help="Create the Hub repo private.")
 
 
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    dist = parser.add_argument_group("several processes")
+    dist.add_argument(
+        "--ddp_timeout",
+        type=positive_int,
+        default=1800,
+        help="Seconds a process waits in a collective (gradient all-reduce, barrier) before it gives up with an "
+        "error, e.g. when another process died. Long enough for the main process to download and prepare a "
+        "dataset while the others wait for it.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
     Build the argument parser of `examples/train.py`.
@@ -304,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_speed_args,
         _add_output_args,
         _add_hub_args,
+        _add_distributed_args,
     ):
         add_group(parser)
     return parser
