@@ -576,11 +576,13 @@ def _non_finite_state(run: TrainingRun) -> list[str]:
         ],
         "EMA weights": list(run.ema_model.shadow_params) if run.ema_model is not None else [],
     }
+    # Flags are gathered on the accelerator's device: torch keeps some state (Adam's `step`) on the CPU.
     device = run.accelerator.device
     flags = [
-        torch.stack([torch.isfinite(t).all() for t in ts]).all() if ts else torch.tensor(True) for ts in parts.values()
+        torch.stack([torch.isfinite(t).all().to(device) for t in ts] or [torch.tensor(True, device=device)]).all()
+        for ts in parts.values()
     ]
-    not_finite = run.accelerator.reduce((~torch.stack(flags).to(device)).float(), reduction="sum")
+    not_finite = run.accelerator.reduce((~torch.stack(flags)).float(), reduction="sum")  # one host transfer below
     return [name for name, bad in zip(parts, not_finite.tolist()) if bad]
 
 
