@@ -281,9 +281,37 @@ def load_image_dataset(
     return dataset
 
 
+# Single-channel modes whose values do not fit 8 bits, with the largest value of their nominal range: PIL's 8-bit
+# conversion of these clips at 255, so a 16-bit image would turn almost white.
+_HIGH_BIT_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": None}
+
+
+def _nominal_max(image: Image.Image, array: np.ndarray) -> float:
+    # Integer modes carry 16-bit data (PNG/TIFF 16-bit grayscale open as "I;16" or "I"); a float image is read on
+    # the smallest of the usual ranges [0, 1], [0, 255], [0, 65535] that holds its values.
+    low, high = float(array.min()), float(array.max())
+    nominal = _HIGH_BIT_MODES[image.mode]
+    if nominal is None:
+        nominal = next((m for m in (1.0, 255.0, 65535.0) if high <= m), None)
+    if low < 0 or nominal is None or high > nominal:
+        raise ValueError(
+            f"A mode {image.mode!r} image with values in [{low:g}, {high:g}] has no known range: pixel values must "
+            f"lie in [0, 65535] for integer images and in [0, 1], [0, 255] or [0, 65535] for float images."
+        )
+    return nominal
+
+
 def _to_channels(image: Image.Image, in_channels: int) -> Image.Image:
+    """
+    `image` as an "L" or "RGB" image (8-bit modes), or as an "F" image on the same 0..255 scale (higher-bit
+    grayscale: a 16-bit value v becomes 255 v / 65535, unrounded), so that every mode maps to [-1, 1] alike.
+    """
+    if image.mode in _HIGH_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray((array * (255.0 / _nominal_max(image, array))).astype(np.float32), mode="F")
     # Grayscale models see luminance; RGB models see the gray value copied to three channels (PIL's "L"->"RGB").
-    # Alpha is dropped (composited on black by the mode conversion) since the model has no alpha channel.
+    # Alpha is dropped, as diffusers' train_unconditional.py does (`convert("RGB")`); palette, CMYK and 1-bit
+    # images go through PIL's own conversions.
     return image.convert("L" if in_channels == 1 else "RGB")
 
 
@@ -293,7 +321,8 @@ def make_transform(
     """
     Build the image → tensor transform of training.
 
-    Steps: convert to `in_channels` (1: grayscale "L", 3: "RGB"), resize the shorter side to `resolution` with
+    Steps: convert to `in_channels` (1: grayscale "L", 3: "RGB"; 16-bit and float grayscale keep their precision
+    on the same scale, e.g. a 16-bit value v counts as 255 v / 65535), resize the shorter side to `resolution` with
     PIL's antialiased bilinear filter (it widens its kernel when downsampling, so 28→16 digits do not alias),
     crop to `resolution`×`resolution` (centre, or an offset drawn from the generator), optionally flip
     horizontally with probability 1/2, and scale {0..255} linearly to [-1, 1] (DDPM Sec. 4).
@@ -336,8 +365,9 @@ def make_transform(
             top = int(torch.randint(extra_h + 1, (1,), generator=generator))
         if extra_w or extra_h:
             image = image.crop((left, top, left + resolution, top + resolution))
-        array = np.asarray(image, dtype=np.float32)
-        tensor = torch.from_numpy(array.reshape(resolution, resolution, in_channels)).permute(2, 0, 1)
+        array = np.array(image, dtype=np.float32).reshape(resolution, resolution, -1)
+        # A high-bit grayscale image arrives as one "F" channel; an RGB model sees it copied to three.
+        tensor = torch.from_numpy(array).permute(2, 0, 1).expand(in_channels, -1, -1)
         if random_flip and bool(torch.rand((), generator=generator) < 0.5):
             tensor = tensor.flip(-1)
         return (tensor / 127.5 - 1.0).contiguous()

@@ -427,6 +427,18 @@ def _add_accepted_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    dist = parser.add_argument_group("several processes")
+    dist.add_argument(
+        "--ddp_timeout",
+        type=positive_int,
+        default=1800,
+        help="Seconds a process waits in a collective (gradient all-reduce, barrier) before it gives up with an "
+        "error, e.g. when another process died. Long enough for the main process to download and prepare a "
+        "dataset while the others wait for it.",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """
     Build the argument parser of `examples/train.py`.
@@ -448,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sample_and_save_args,
         _add_hub_args,
         _add_accepted_args,
+        _add_distributed_args,
     ):
         add_group(parser)
     return parser

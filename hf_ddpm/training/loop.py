@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -29,12 +30,14 @@ import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.utils import make_image_grid
 from PIL import Image
@@ -48,11 +51,14 @@ from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES, DDPMScheduler
 from hf_ddpm.training.args import NO_EFFECT_FLAGS, TRAIN_UNCONDITIONAL_DEFAULTS, validate_args
 from hf_ddpm.training.checkpoint import (
+    UNET_FOLDER,
     checkpoint_step,
     list_checkpoints,
+    read_training_args,
     register_checkpoint_hooks,
     remove_incomplete_checkpoints,
     resolve_checkpoint,
+    resume_flag_changes,
     save_checkpoint,
 )
 from hf_ddpm.training.ema import EMAModel
@@ -223,10 +229,57 @@ def _hparams(run: TrainingRun) -> dict:
     return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k not in skipped}
 
 
+# Flag ranges the optimizer and the EMA need but the parser does not check: (flag, allowed, what is allowed).
+_FLAG_RANGES = (
+    ("adam_beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("adam_beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("adam_epsilon", lambda v: v >= 0, "a number >= 0"),
+    ("adam_weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("ema_inv_gamma", lambda v: v > 0, "a number > 0 (γ of decay = 1 - (1 + n/γ)^-p)"),
+    ("ema_power", lambda v: v > 0, "a number > 0 (p of decay = 1 - (1 + n/γ)^-p)"),
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (numpy's seed range)"),
+)
+
+
+def check_flag_values(args: argparse.Namespace) -> None:
+    """
+    Refuse, before any work, flag values the parser lets through but training cannot use: the ranges of
+    `_FLAG_RANGES`, and a `--model_config` file that is not a JSON object.
+
+    Raises:
+        `ValueError`: naming the flag, its value and what is allowed.
+    """
+    for name, allowed, what in _FLAG_RANGES:
+        value = getattr(args, name)
+        if not allowed(value):
+            raise ValueError(f"--{name} must be {what}, got {value!r}.")
+    if os.path.isfile(args.model_config):
+        try:
+            with open(args.model_config, encoding="utf-8") as f:
+                config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"--model_config {args.model_config!r} is not valid JSON: {e.msg} at line {e.lineno}, column "
+                f"{e.colno}."
+            ) from e
+        if not isinstance(config, dict):
+            raise ValueError(
+                f"--model_config {args.model_config!r} must hold a JSON object of UNet config fields, got a "
+                f"{type(config).__name__}."
+            )
+
+
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    """The run's `Accelerator`: processes, mixed precision, gradient accumulation, tracker and seeded data order."""
+    """
+    The run's `Accelerator`: processes, mixed precision, gradient accumulation, tracker, seeded data order, and
+    `--ddp_timeout` on every collective, so a process whose peer died stops with an error instead of waiting.
+
+    Raises:
+        `RuntimeError`: when the launcher started several processes (`WORLD_SIZE` > 1) but Accelerate runs each one
+            alone, so that each would train its own copy into the same folder.
+    """
     output_dir = Path(args.output_dir)
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.logger == "none" else args.logger,
@@ -235,17 +288,54 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         ),
         # Epoch e's permutation is drawn from seed + e, the same on every process (Accelerate shards it).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
     )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size}: the launcher started {world_size} processes, but Accelerate runs this one "
+            f"alone ({accelerator.distributed_type}), so each would train its own copy into {str(output_dir)!r}. "
+            "On CPUs, launch with ACCELERATE_USE_CPU=1 (`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes N ...`; `--cpu --num_processes N` runs one process); on GPUs, check that torch sees "
+            "them (torch.cuda.device_count())."
+        )
+    return accelerator
+
+
+def _describe_contents(output_dir: Path) -> str | None:
+    # What a run would overwrite or mix with in `output_dir`, for the refusal message; None when it holds nothing.
+    entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+    checkpoints = [p.name for p in list_checkpoints(output_dir)]
+    if checkpoints:
+        return f"checkpoints ({', '.join(checkpoints)})"
+    if "model_index.json" in entries:
+        return f"a saved pipeline ({', '.join(entries)})"
+    if entries:
+        shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+        return f"{len(entries)} files or folders ({shown})"
+    return None
 
 
 def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> None:
-    """Create `--output_dir`, refusing to silently mix a new run into an old run's checkpoints."""
+    """
+    Create `--output_dir`, refusing to write into a folder that holds anything (a saved pipeline, checkpoints,
+    other files) unless the run continues the run saved there (`--resume_from_checkpoint` finds a checkpoint in
+    it) or `--overwrite_output_dir` is given.
+
+    Raises:
+        `ValueError`: when `--output_dir` is a file, or holds something this run would overwrite.
+    """
     output_dir = Path(args.output_dir)
-    if list_checkpoints(output_dir) and args.resume_from_checkpoint is None and not args.overwrite_output_dir:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {str(output_dir)!r} is a file; it must be a folder (new or empty).")
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    resuming_here = checkpoint is not None and checkpoint.resolve().parent == output_dir.resolve()
+    held = _describe_contents(output_dir)
+    if held and not resuming_here and not args.overwrite_output_dir:
         raise ValueError(
-            f"--output_dir {str(output_dir)!r} already holds checkpoints "
-            f"({', '.join(p.name for p in list_checkpoints(output_dir))}); pass --resume_from_checkpoint "
-            f"latest to continue that run or --overwrite_output_dir to start afresh."
+            f"--output_dir {str(output_dir)!r} already holds {held}; pass --resume_from_checkpoint latest to "
+            "continue the run saved there (it must hold checkpoints), or --overwrite_output_dir to train a new run "
+            "into it (its checkpoints are deleted, the saved pipeline replaced), or choose another --output_dir."
         )
     accelerator.wait_for_everyone()  # every rank has looked before the main process deletes anything
     if accelerator.is_main_process:
@@ -328,27 +418,115 @@ def build_optimizer(
         eps=args.adam_epsilon,
         implementation=args.adam_implementation,
     )
+    return optimizer, _lr_schedule(args, optimizer, accelerator.num_processes, max_train_steps)
+
+
+def _lr_schedule(
+    args: argparse.Namespace, optimizer: torch.optim.Optimizer, num_processes: int, max_train_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     # A prepared LR scheduler steps once per process at each optimizer step, hence the factor: the flags count
     # optimizer steps.
-    lr_scheduler = get_scheduler(
+    return get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
     )
-    return optimizer, lr_scheduler
+
+
+def _run_record(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
+    # What a checkpoint stores of its run (training_args.json); a token never goes to disk.
+    return {**{k: v for k, v in vars(args).items() if k != "hub_token"}, "num_processes": num_processes}
+
+
+def _check_same_unet(checkpoint: Path, unet: DDPMUNet2DModel, args: argparse.Namespace) -> None:
+    # Loading weights into another architecture fails deep in torch with a size-mismatch dump; name both configs.
+    with open(checkpoint / UNET_FOLDER / "config.json", encoding="utf-8") as f:
+        saved = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    current = json.loads(json.dumps({k: v for k, v in unet.config.items() if not k.startswith("_")}))
+    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differ:
+        saved_flag = (read_training_args(checkpoint) or {}).get("model_config", "?")
+        fields = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ)
+        raise ValueError(
+            f"{checkpoint} holds a UNet of another config than this run builds (--model_config {saved_flag!r} "
+            f"there, {args.model_config!r} with --resolution {args.resolution} and --variance_type "
+            f"{args.variance_type!r} here): {fields}. Resume with the checkpoint's --model_config, or start a new "
+            "run in another --output_dir."
+        )
+
+
+def check_resume(args: argparse.Namespace, unet: DDPMUNet2DModel, num_processes: int) -> None:
+    """
+    Before any data is loaded, refuse to resume a checkpoint this run could not continue: another UNet config, or
+    a changed flag of `RESUME_FIXED_FLAGS` or batch geometry (the other flags are applied by `resume`).
+
+    Raises:
+        `ValueError`: naming the checkpoint, and each field or flag with its saved and its current value.
+    """
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is None:
+        return
+    _check_same_unet(checkpoint, unet, args)
+    saved = read_training_args(checkpoint)
+    if saved is None:
+        return
+    _, refused = resume_flag_changes(saved, _run_record(args, num_processes))
+    if refused:
+        changes = "; ".join(f"--{name} {old!r} in the checkpoint, {new!r} now" for name, (old, new) in refused.items())
+        raise ValueError(
+            f"Cannot resume {checkpoint}: a resumed run continues the saved one, and these flags define it: "
+            f"{changes}. Pass the checkpoint's values, or start a new run in another --output_dir."
+        )
 
 
 def resume(run: TrainingRun) -> None:
-    """Load `--resume_from_checkpoint` (weights, EMA, optimizer, LR schedule, RNG) and its step, if there is one."""
+    """
+    Load `--resume_from_checkpoint` (weights, EMA, optimizer, LR schedule, RNG) and its step, if there is one, then
+    apply the flags that may change (`_apply_resumed_flags`) and print those that did.
+    """
     checkpoint = resolve_checkpoint(run.output_dir, run.args.resume_from_checkpoint)
     if checkpoint is not None:
         run.accelerator.print(f"Resuming from {checkpoint}")
         run.accelerator.load_state(str(checkpoint))
         run.global_step = checkpoint_step(checkpoint)
+        saved = read_training_args(checkpoint)
+        _apply_resumed_flags(run, (saved or {}).get("num_processes", run.accelerator.num_processes))
+        if saved is None:
+            run.accelerator.print(f"{checkpoint} records no flags (no training_args.json); the current ones apply.")
+        else:
+            applied, _ = resume_flag_changes(saved, _run_record(run.args, run.accelerator.num_processes))
+            for name, (old, new) in applied.items():
+                run.accelerator.print(f"Applied from step {run.global_step}: --{name} {old!r} -> {new!r}")
     elif run.args.resume_from_checkpoint is not None:
         run.accelerator.print(f"No checkpoint in {str(run.output_dir)!r}; starting a new run.")
     run.last_checkpoint = checkpoint
+
+
+def _apply_resumed_flags(run: TrainingRun, saved_num_processes: int) -> None:
+    # `load_state` brings back the saved run's Adam hyperparameters, base LR and EMA settings; the current flags
+    # replace them. Unchanged flags give back the same numbers, so an unchanged resume stays exact.
+    args, optimizer = run.args, run.optimizer
+    for group in optimizer.param_groups:
+        group.update(
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.adam_weight_decay,
+            initial_lr=args.learning_rate,
+        )
+    # The schedule is rebuilt from the flags (LR, schedule, warm-up, length) at the loaded position, which counts
+    # process steps (Accelerate steps it once per process) and excludes steps the GradScaler skipped.
+    loaded = run.lr_scheduler.scheduler
+    position = loaded.last_epoch * run.accelerator.num_processes // saved_num_processes
+    schedule = _lr_schedule(args, optimizer.optimizer, run.accelerator.num_processes, run.max_train_steps)
+    schedule.last_epoch, schedule._step_count = position, loaded._step_count
+    schedule._last_lr = [base * lr_lambda(position) for base, lr_lambda in zip(schedule.base_lrs, schedule.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, schedule._last_lr):
+        group["lr"] = lr
+    run.lr_scheduler.scheduler = schedule
+    if run.ema_model is not None:
+        run.ema_model.decay, run.ema_model.inv_gamma = args.ema_max_decay, args.ema_inv_gamma
+        run.ema_model.power = args.ema_power
 
 
 def check_sample_grids(run: TrainingRun) -> None:
@@ -412,17 +590,23 @@ def epoch_batches(run: TrainingRun, epoch: int) -> Iterator[tuple[int, torch.Ten
     return enumerate(loader, start=skip)
 
 
+def _stop_non_finite(run: TrainingRun, what: str) -> None:
+    run.accelerator.end_training()  # flush the logs up to the last good step
+    last = str(run.last_checkpoint) if run.last_checkpoint else "none (no checkpoint was saved yet)"
+    raise FloatingPointError(
+        f"{what}; training stopped. The last good checkpoint is {last}: resume from it with a lower "
+        "--learning_rate or --mixed_precision no."
+    )
+
+
 def _gathered_losses(run: TrainingRun, loss: torch.Tensor, epoch: int, batch_index: int) -> list[float]:
     # Every process sees every process's loss, so all stop together, and before a non-finite loss can reach the
     # weights (or a checkpoint). One host transfer per micro-batch: the check and the logged mean both read it.
     losses = run.accelerator.gather(loss.detach().reshape(1)).tolist()
     if not all(math.isfinite(value) for value in losses):
-        run.accelerator.end_training()  # flush the logs up to the last good step
-        last = str(run.last_checkpoint) if run.last_checkpoint else "none (no checkpoint was saved yet)"
-        raise FloatingPointError(
-            f"The loss is {losses} (not finite) at step {run.global_step + 1} (epoch {epoch}, batch {batch_index}); "
-            f"training stopped. The last good checkpoint is {last}: resume from it with a lower --learning_rate or "
-            f"--mixed_precision no."
+        _stop_non_finite(
+            run,
+            f"The loss is {losses} (not finite) at step {run.global_step + 1} (epoch {epoch}, batch {batch_index})",
         )
     return losses
 
@@ -475,12 +659,50 @@ def log_step(run: TrainingRun) -> None:
     run.step_loss = 0.0
 
 
+def _non_finite_state(run: TrainingRun) -> list[str]:
+    # The parts of the training state holding a NaN or ±inf, on any process: a finite loss does not prove finite
+    # weights (an update can overflow them), so a checkpoint is checked before it is written.
+    parts = {
+        "weights": list(run.unet.parameters()),
+        "optimizer state": [
+            t
+            for state in run.optimizer.state.values()
+            for t in state.values()
+            if torch.is_tensor(t) and t.is_floating_point()
+        ],
+        "EMA weights": list(run.ema_model.shadow_params) if run.ema_model is not None else [],
+    }
+    # Flags are gathered on the accelerator's device: torch keeps some state (Adam's `step`) on the CPU.
+    device = run.accelerator.device
+    flags = [
+        torch.stack([torch.isfinite(t).all().to(device) for t in ts] or [torch.tensor(True, device=device)]).all()
+        for ts in parts.values()
+    ]
+    not_finite = run.accelerator.reduce((~torch.stack(flags)).float(), reduction="sum")  # one host transfer below
+    return [name for name, bad in zip(parts, not_finite.tolist()) if bad]
+
+
 def maybe_checkpoint(run: TrainingRun) -> None:
-    """Save a checkpoint every `--checkpointing_steps` steps and at the last step."""
-    if run.global_step % run.args.checkpointing_steps == 0 or run.global_step == run.max_train_steps:
-        run.last_checkpoint = save_checkpoint(
-            run.accelerator, run.output_dir, run.global_step, run.args.checkpoints_total_limit
+    """
+    Save a checkpoint every `--checkpointing_steps` steps and at the last step, with the run's flags; a state that
+    is not finite is never saved: training stops, naming the last checkpoint that resumes.
+    """
+    if run.global_step % run.args.checkpointing_steps and run.global_step != run.max_train_steps:
+        return
+    not_finite = _non_finite_state(run)
+    if not_finite:
+        _stop_non_finite(
+            run,
+            f"The {' and '.join(not_finite)} are not finite after step {run.global_step}, so no checkpoint was "
+            f"written",
         )
+    run.last_checkpoint = save_checkpoint(
+        run.accelerator,
+        run.output_dir,
+        run.global_step,
+        run.args.checkpoints_total_limit,
+        training_args=_run_record(run.args, run.accelerator.num_processes),
+    )
 
 
 @contextlib.contextmanager
@@ -654,14 +876,18 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
         card, the checkpoints, the sample grids (`samples/`) and the tracker logs.
 
     Raises:
-        `ValueError`: for bad flags, or an output folder that holds checkpoints while neither
-            `--resume_from_checkpoint` nor `--overwrite_output_dir` is given.
-        `FloatingPointError`: when the loss becomes NaN or infinite; the last checkpoint is left intact.
+        `ValueError`: for bad flags (before any data is loaded), an output folder that holds anything while
+            neither `--resume_from_checkpoint` (of a checkpoint in it) nor `--overwrite_output_dir` is given, or a
+            checkpoint whose run the flags would change (`check_resume`).
+        `FloatingPointError`: when the loss, the weights or the optimizer state become NaN or infinite; no
+            checkpoint is written from such a state, and the message names the last one that resumes.
     """
     validate_args(args)
+    check_flag_values(args)
     accelerator = make_accelerator(args)
     prepare_output_dir(accelerator, args)
     unet, noise_scheduler, ema_model = build_components(accelerator, args)
+    check_resume(args, unet, accelerator.num_processes)
     dataloader = build_dataloader(accelerator, args, unet, dataset)
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch

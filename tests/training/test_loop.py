@@ -239,6 +239,7 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
         "random_states_0.pkl",
         "random_states_1.pkl",
         "scheduler.bin",
+        "training_args.json",
         "unet",
         "unet_ema",
     ]
