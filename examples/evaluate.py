@@ -12,8 +12,7 @@ writes to --output_dir:
 
 Held-out images are the 1000 offline MNIST digits the training default never sees (the same ones the digit
 classifier is fitted on), or the images of --eval_data_dir. S = 1000 on many samples is the expensive cell: choose
---num_samples and --steps for the machine (a 1M-parameter 16×16 model takes ~0.1 s per DDIM step for 256 samples
-on a CPU).
+--num_samples and --steps for the machine.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import torch
 
 from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
+from hf_ddpm.evaluation.report import markdown_table, plot_tables, write_csv
 from hf_ddpm.pipelines.cli import add_runtime_arguments, prepare_pipeline
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 
@@ -113,8 +113,8 @@ def fid_reference(args: argparse.Namespace, pipe: DDPMPipeline):
 
 
 def write(rows: list[dict], stem: str, output_dir: str, markdown_rows: list[dict] | None = None) -> str:
-    tables.write_csv(rows, os.path.join(output_dir, f"{stem}.csv"))
-    text = tables.markdown_table(markdown_rows if markdown_rows is not None else rows)
+    write_csv(rows, os.path.join(output_dir, f"{stem}.csv"))
+    text = markdown_table(markdown_rows if markdown_rows is not None else rows)
     with open(os.path.join(output_dir, f"{stem}.md"), "w") as f:
         f.write(text)
     print(f"\n{stem}\n{text}", flush=True)
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
             write(quality_rows, "table1_quality", args.output_dir, tables.quality_pivot(quality_rows)),
         ]
     if quality_rows or reconstruction_rows:
-        tables.plot_tables(
+        plot_tables(
             quality_rows, reconstruction_rows, os.path.join(args.output_dir, "tables.png"), title=args.pretrained
         )
     report.append(f"\nTotal time: {time.perf_counter() - started:.0f} s\n")
