@@ -85,6 +85,15 @@ def images_to_features(images: Sequence[Image.Image] | np.ndarray | torch.Tensor
     return gray.reshape(len(gray), -1).astype(np.float32)
 
 
+def image_resolution(images: Sequence[Image.Image] | np.ndarray | torch.Tensor) -> int:
+    """The side of tensor (N, C, H, W) or array (N, H, W(, C)) images; PIL images, resized anyway, get 16."""
+    if isinstance(images, torch.Tensor):
+        return int(images.shape[-1])
+    if isinstance(images, np.ndarray):
+        return int(images.shape[2])
+    return 16
+
+
 @functools.lru_cache(maxsize=8)
 def get_digit_classifier(resolution: int = 16) -> DigitClassifier:
     """
@@ -150,14 +159,7 @@ def digit_score(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}.")
     if resolution is None:
-        if classifier is not None:
-            resolution = classifier.resolution
-        elif isinstance(images, torch.Tensor):
-            resolution = int(images.shape[-1])
-        elif isinstance(images, np.ndarray):
-            resolution = int(images.shape[2])
-        else:
-            resolution = 16
+        resolution = classifier.resolution if classifier is not None else image_resolution(images)
     classifier = classifier or get_digit_classifier(resolution)
     proba = classifier.predict_proba(images)
     if len(proba) == 0:

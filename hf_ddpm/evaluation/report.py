@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["markdown_table", "plot_tables", "write_csv"]
+__all__ = ["markdown_table", "plot_tables", "quality_cell", "write_csv"]
 
 
 def _format(value: Any) -> str:
@@ -17,6 +17,13 @@ def _format(value: Any) -> str:
             return "nan"
         return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
     return "" if value is None else str(value)
+
+
+def quality_cell(row: dict) -> Any:
+    """A Table 1 cell: the value, or for FDD rows "FDD ± standard error (P precision, R recall)"."""
+    if "std_error" not in row:
+        return row["value"]
+    return f"{_format(row['value'])} ± {_format(row['std_error'])} (P {row['precision']:.2f}, R {row['recall']:.2f})"
 
 
 def _columns(rows: list[dict]) -> list[str]:

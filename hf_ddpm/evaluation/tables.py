@@ -4,7 +4,8 @@ Each function returns rows (one `dict` per cell); `hf_ddpm.evaluation.report` wr
 
 - `sample_quality_table`: quality of S-step samples for DDIM's η ∈ {0, 0.2, 0.5, 1} and σ̂ (DDIM Table 1), with
   linear and quadratic timestep sub-sequences (DDIM App. D.2). Quality is FID (`hf_ddpm.evaluation.fid`) or, for
-  digits on a CPU, the classifier proxy of `hf_ddpm.evaluation.digits` (share of confidently classified samples).
+  digits on a CPU, the Fréchet digit distance with precision and recall (`hf_ddpm.evaluation.digit_features`) or
+  the classifier proxy of `hf_ddpm.evaluation.digits` (share of confidently classified samples).
 - `reconstruction_table`: per-dimension MSE of DDIM encoding (η = 0 forward, `DDPMPipeline.invert`) followed by
   decoding with the same S steps (DDIM Table 2, §5.4), images scaled to [0, 1].
 - `nll_table`: bits/dim of held-out images (DDPM Table 1's NLL column), `hf_ddpm.evaluation.likelihood`.
@@ -49,7 +50,7 @@ SPACINGS = {
     "trailing": "trailing",
     "linspace": "linspace",
 }
-METRICS = ("digits", "fid")
+METRICS = ("digits", "fdd", "fid")
 
 
 def _spacing(name: str) -> str:
@@ -103,6 +104,13 @@ def _digit_proxy(images: torch.Tensor) -> dict:
     return {"value": result["confident_share"], "class_entropy": result["class_entropy"]}
 
 
+def _digit_features(images: torch.Tensor) -> dict:
+    from hf_ddpm.evaluation.digit_features import digit_feature_metrics
+
+    out = digit_feature_metrics(images * 2 - 1)  # tensors in the model's space, [-1, 1]
+    return {"value": out.fdd, "std_error": out.fdd_std_error, "precision": out.precision, "recall": out.recall}
+
+
 def _score_fn(
     metric: str | Callable[[torch.Tensor], float], reference_statistics: Any, fid_kwargs: dict | None
 ) -> Callable[[torch.Tensor], dict]:
@@ -111,6 +119,8 @@ def _score_fn(
         return lambda images: {"value": float(metric(images))}
     if metric == "digits":
         return _digit_proxy
+    if metric == "fdd":
+        return _digit_features
     if metric == "fid":
         if reference_statistics is None:
             raise ValueError("metric='fid' needs `reference_statistics` (a FeatureStatistics or the path of a .npz).")
@@ -177,8 +187,9 @@ def sample_quality_table(
             Seed of every cell's generator.
         metric (`str` or `Callable`, *optional*, defaults to `"digits"`):
             `"digits"` (value = share of samples a held-out-trained classifier labels with ≥ 0.9 confidence,
-            higher is better), `"fid"` (lower is better), or a function of the samples (N, C, H, W) in [0, 1]
-            returning a float.
+            higher is better), `"fdd"` (value = Fréchet digit distance, lower is better, with precision and recall;
+            `hf_ddpm.evaluation.digit_features`), `"fid"` (lower is better), or a function of the samples
+            (N, C, H, W) in [0, 1] returning a float.
         reference_statistics ([`~hf_ddpm.evaluation.fid.FeatureStatistics`] or `str`, *optional*):
             FID's reference statistics (or their .npz path); required for `metric="fid"`.
         fid_kwargs (`dict`, *optional*):
@@ -191,7 +202,7 @@ def sample_quality_table(
     Returns:
         `list[dict]`: one row per (spacing, sampler, S): `spacing`, `sampler` ("eta=0.0" ... or "sigma_hat"), `eta`
         (`None` for σ̂), `steps`, `metric`, `value`, `num_samples`, `seconds` (sampling + scoring), and
-        `class_entropy` for the digit proxy.
+        `class_entropy` for the digit proxy, `std_error` (bootstrap), `precision` and `recall` for FDD.
     """
     from tqdm.auto import tqdm
 
@@ -330,12 +341,18 @@ def nll_table(
     ]
 
 
-def quality_pivot(rows: list[dict]) -> list[dict]:
-    """Table 1's layout: one row per (spacing, sampler), one column per S (`"S=10"`, ...), cells = `value`."""
+def quality_pivot(rows: list[dict], cell: Callable[[dict], Any] | None = None) -> list[dict]:
+    """
+    Table 1's layout: one row per (spacing, sampler), one column per S (`"S=10"`, ...).
+
+    Args:
+        rows (`list[dict]`): from `sample_quality_table`.
+        cell (`Callable[[dict], Any]`, *optional*): a row's cell; defaults to its `value`.
+    """
     pivot: dict[tuple[str, str], dict] = {}
     for row in rows:
         entry = pivot.setdefault(
             (row["spacing"], row["sampler"]), {"spacing": row["spacing"], "sampler": row["sampler"]}
         )
-        entry[f"S={row['steps']}"] = row["value"]
+        entry[f"S={row['steps']}"] = row["value"] if cell is None else cell(row)
     return list(pivot.values())

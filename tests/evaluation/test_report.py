@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-from hf_ddpm.evaluation.report import markdown_table, plot_tables, write_csv
+from hf_ddpm.evaluation.report import markdown_table, plot_tables, quality_cell, write_csv
 from hf_ddpm.evaluation.tables import quality_pivot
 
 
@@ -35,8 +35,17 @@ def test_package_exports_each_module_public_api():
 
     import hf_ddpm.evaluation as evaluation
 
-    for name in ("digits", "fid", "likelihood", "report", "tables"):
+    for name in ("digit_features", "digits", "fid", "likelihood", "report", "tables"):
         module = importlib.import_module(f"hf_ddpm.evaluation.{name}")
         for public in module.__all__:
             assert getattr(evaluation, public) is getattr(module, public), (name, public)
     assert callable(evaluation.fid) and callable(evaluation.markdown_table)
+
+
+def test_quality_cells_show_fdd_with_its_error_precision_and_recall():
+    fdd = {"spacing": "linear", "sampler": "eta=0", "steps": 10, "value": 12.345, "std_error": 0.5}
+    fdd |= {"precision": 0.812, "recall": 0.5}
+    proxy = {"spacing": "linear", "sampler": "eta=0", "steps": 10, "value": 0.72}
+    assert quality_cell(fdd) == "12.35 ± 0.5 (P 0.81, R 0.50)"
+    assert quality_cell(proxy) == 0.72
+    assert quality_pivot([fdd], quality_cell) == [{"spacing": "linear", "sampler": "eta=0", "S=10": quality_cell(fdd)}]

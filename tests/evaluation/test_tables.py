@@ -112,3 +112,17 @@ def test_nll_row_is_the_mean_of_bits_per_dim(gaussian_pipeline, quantized_gaussi
     assert row["standard_error"] == pytest.approx(expected.double().std().item() / np.sqrt(32), rel=1e-5)
     assert row["prior"] + row["decoder"] + row["kl_terms"] == pytest.approx(row["bits_per_dim"], rel=1e-5)
     assert row["num_images"] == 32 and row["timesteps"] == 30
+
+
+def test_quality_table_reports_fdd_with_its_error_precision_and_recall(gaussian_pipeline, digit_feature_space):
+    # The exact ε-model of Gaussian pixels draws noise images, not digits: far from the real digits in FDD.
+    pipe = gaussian_pipeline(MEAN, STD, sample_size=16, num_train_timesteps=20)
+    rows = sample_quality_table(
+        pipe, steps=(2, 20), etas=(0.0,), sigma_hat=False, spacings=("linear",), num_samples=32, metric="fdd",
+        progress=False,
+    )  # fmt: skip
+    assert [(r["metric"], r["steps"], r["num_samples"]) for r in rows] == [("fdd", 2, 32), ("fdd", 20, 32)]
+    for row in rows:
+        assert row["value"] > 100 and 0 < row["std_error"] < row["value"]  # real digits vs real digits: ~5
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    assert rows[0]["value"] != rows[1]["value"]
