@@ -35,7 +35,11 @@ BAD_FLAGS = [
     # files
     (["--model_config", "{tmp}/broken.json"], ValueError, ["--model_config", "broken.json", "line 3"]),
     (["--model_config", "{tmp}/list.json"], ValueError, ["--model_config", "list.json", "JSON object"]),
-    (["--model_config", "no-such-preset"], ValueError, ["--model_config", "'no-such-preset'", "neither a preset", "UNet config"]),
+    (
+        ["--model_config", "no-such-preset"],
+        ValueError,
+        ["--model_config", "'no-such-preset'", "neither a preset", "UNet config"],
+    ),
     (["--output_dir", "{tmp}/a_file"], ValueError, ["--output_dir", "a_file", "is a file"]),
     (["--resume_from_checkpoint", "checkpoint-5"], ValueError, ["--resume_from_checkpoint", "'checkpoint-5'"]),
     # the model
