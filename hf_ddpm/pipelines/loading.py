@@ -86,6 +86,7 @@ class _LoadOptions:
     """The keyword arguments of `DDPMPipeline.from_pretrained`, checked (documented there)."""
 
     allow_pickle: bool = False
+    use_safetensors: bool | None = True
     unet: torch.nn.Module | None = None
     scheduler: SchedulerMixin | None = None
     dtype: torch.dtype | None = None
@@ -104,9 +105,12 @@ class _LoadOptions:
                 "use_safetensors=False asks for pickled weights, which hf_ddpm loads only with allow_pickle=True "
                 "(unpickling can run arbitrary code)."
             )
+        # use_safetensors=True refuses pickle even where it is allowed, as in diffusers.
+        allow_pickle = allow_pickle and use_safetensors is not True
         return cls(
-            # use_safetensors=True refuses pickle even where it is allowed, as in diffusers.
-            allow_pickle=allow_pickle and use_safetensors is not True,
+            allow_pickle=allow_pickle,
+            # None prefers safetensors and falls back to pickle, False reads pickle only (diffusers' meanings).
+            use_safetensors=use_safetensors if allow_pickle else True,
             unet=kwargs.get("unet"),
             scheduler=kwargs.get("scheduler"),
             dtype=_resolve_dtype(kwargs.get("dtype"), kwargs.get("torch_dtype")),
@@ -336,11 +340,19 @@ def _check_weights_fit_config(unet_folder: Path, variant: str | None) -> None:
         for key in sorted(set(expected) & set(found))
         if expected[key] != found[key]
     ]
-    problems = ([f"missing tensors {missing}"] if missing else []) + mismatched
+    problems = ([f"missing tensors {_first(missing)}"] if missing else []) + (
+        [_first(mismatched)] if mismatched else []
+    )
     if problems:
         raise ValueError(
             f"unet in {unet_folder.parent}: the weights do not match unet/config.json: {'; '.join(problems)}."
         )
+
+
+def _first(items: list[str], n: int = 8) -> str:
+    """The first `n` of a long list (a whole mismatched network would fill the screen)."""
+    shown = ", ".join(items[:n])
+    return f"[{shown}, ... {len(items) - n} more]" if len(items) > n else f"[{shown}]"
 
 
 def _load_unet(folder: Path, where: str, entry: list, options: _LoadOptions) -> DDPMUNet2DModel:
@@ -353,14 +365,14 @@ def _load_unet(folder: Path, where: str, entry: list, options: _LoadOptions) -> 
     check_weight_files(files, "unet", repr(where), options.allow_pickle)
     if options.variant is not None:
         _check_variant(unet_folder, options.variant)
-    _check_weights_fit_config(unet_folder, options.variant)
+    if options.use_safetensors is not False:
+        _check_weights_fit_config(unet_folder, options.variant)
     unet, info = DDPMUNet2DModel.from_pretrained(
         folder,
         subfolder="unet",
         torch_dtype=options.dtype,
         variant=options.variant,
-        # True refuses pickle inside diffusers too; None prefers safetensors and falls back to pickle.
-        use_safetensors=None if options.allow_pickle else True,
+        use_safetensors=options.use_safetensors,
         output_loading_info=True,
         **options.unet_kwargs,
     )
