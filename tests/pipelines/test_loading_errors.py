@@ -61,9 +61,8 @@ CASES = {
         [
             "unet in {folder}",
             "unet/config.json",
-            "down_blocks.1.resnets.0.conv1.weight",
-            "(24, 8, 3, 3)",
-            "(16, 8, 3, 3)",
+            "down_blocks.1.attentions.0.to_k.weight: config.json gives (24, 24), the weights (16, 16)",
+            "more]",
         ],
     ),
     "weights missing tensors": (
