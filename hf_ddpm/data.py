@@ -1,4 +1,5 @@
-"""Training data: a `datasets.Dataset` of images, validated before training, and a torch-ready transform.
+"""Training data: a `datasets.Dataset` of images, validated before training, a torch-ready transform, and its
+seeded augmentation (`AugmentedImages`).
 
 Three sources, in the order `load_image_dataset` tries them:
 
@@ -9,16 +10,17 @@ Three sources, in the order `load_image_dataset` tries them:
   digit classifier of `hf_ddpm.evaluation.digits`.
 
 Images become float tensors in [-1, 1] (DDPM Sec. 4: {0..255} scaled linearly to [-1, 1]) of shape
-[C, R, R] through `make_transform`. Random choices (crop offset, horizontal flip) are drawn from a
-`torch.Generator` that the training loop owns and checkpoints, so a resumed run sees the same augmentations.
+[C, R, R] through `make_transform`, whose random choices (crop offset, horizontal flip) come from the generator it
+is given. `AugmentedImages` gives it a generator seeded by (seed, epoch, index), and the training loop reseeds each
+micro-batch's draws (t, ε, dropout) by (seed, process, epoch, batch), both through `seed_from`: every random choice
+is a function of where it happens, so an exact resume needs no generator state.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import datasets
 import numpy as np
@@ -26,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "AugmentedImages",
     "IMAGE_EXTENSIONS",
     "MNIST_HELD_OUT_SIZE",
     "MNIST_SPLIT_SEED",
@@ -34,7 +37,7 @@ __all__ = [
     "load_image_dataset",
     "load_mnist_digits",
     "make_transform",
-    "preprocess",
+    "seed_from",
     "split_digits",
     "validate_image_folder",
 ]
@@ -44,7 +47,6 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 # Files `imagefolder` reads as metadata rather than images; allowed beside the images.
 _METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
 
-MNIST_NUM_DIGITS = 5000
 # The offline digits are split once, the same way everywhere: `load_image_dataset` trains on the first part and
 # `hf_ddpm.evaluation.digits` fits its classifier on the held-out part, whatever seed training uses.
 MNIST_HELD_OUT_SIZE = 1000
@@ -287,8 +289,8 @@ def make_transform(
     crop to `resolution`×`resolution` (centre, or an offset drawn from the generator), optionally flip
     horizontally with probability 1/2, and scale {0..255} linearly to [-1, 1] (DDPM Sec. 4).
 
-    Random choices are drawn from the `generator` passed to the returned callable, never from global RNG state:
-    a training loop that checkpoints that generator's state reproduces the augmentations after a resume.
+    Random choices are drawn from the `generator` passed to the returned callable, never from global RNG state, so
+    the same generator state gives the same augmentation (`AugmentedImages` seeds one per image and epoch).
 
     Args:
         resolution (`int`):
@@ -336,23 +338,60 @@ def make_transform(
     return transform
 
 
-def preprocess(
-    examples: dict[str, Sequence[Any]],
-    transform: Callable[..., torch.Tensor],
-    generator: torch.Generator | None = None,
-) -> dict[str, list[torch.Tensor]]:
+def seed_from(*keys: int) -> int:
     """
-    Apply `transform` to a batch of rows (the `dict` of columns `datasets` passes to `map`/`with_transform`).
+    A 32-bit seed from a tuple of integers, e.g. (seed, epoch, index).
+
+    numpy's `SeedSequence` hashes the tuple, so neighbouring tuples (the next batch, the next epoch) get unrelated
+    random streams.
 
     Args:
-        examples (`dict[str, Sequence]`):
-            A batch with an `image` column of `PIL.Image`s.
-        transform (`Callable`):
-            From `make_transform`.
-        generator (`torch.Generator`, *optional*):
-            Source of the random crop/flip, owned and checkpointed by the training loop.
+        *keys (`int`):
+            The integers that name where a random draw happens.
 
     Returns:
-        `dict[str, list[torch.Tensor]]`: `{"pixel_values": [...]}`, one [C, R, R] tensor per image.
+        `int`: a seed for `torch.Generator.manual_seed` or `torch.manual_seed`.
     """
-    return {"pixel_values": [transform(image, generator) for image in examples["image"]]}
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+class AugmentedImages(torch.utils.data.Dataset):
+    """
+    A `datasets.Dataset` of images seen through a training transform whose random choices depend only on
+    (seed, epoch, index), so any image's augmentation is the same whichever process, worker or run loads it.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            Rows with an `image` column of `PIL.Image`s.
+        transform (`Callable`):
+            From `make_transform`: `(image, generator) -> [C, R, R]` tensor in [-1, 1].
+        seed (`int`, *optional*, defaults to 0):
+            The run's seed.
+    """
+
+    # Decoding and resizing an image can cost as much as a small model's training step on it: a deterministic
+    # transform's tensors are kept after the first epoch when they fit in this many bytes.
+    max_cache_bytes = 2**30
+
+    def __init__(self, dataset: datasets.Dataset, transform: Callable[..., torch.Tensor], seed: int = 0):
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+        self._cache: dict[int, torch.Tensor] | None = {} if getattr(transform, "deterministic", False) else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Accelerate's data loader at the start of each epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        generator = torch.Generator().manual_seed(seed_from(self.seed, self.epoch, index))
+        tensor = self.transform(self.dataset[int(index)]["image"], generator)
+        if self._cache is not None and tensor.nbytes * len(self.dataset) <= self.max_cache_bytes:
+            self._cache[index] = tensor
+        return tensor

@@ -983,9 +983,10 @@ class HubServer:
         repo.commits[commit.oid] = commit
         return commit
 
-    def _commit(self, h: _Handler, repo_type: str, repo_id: str, revision: str) -> None:
-        h.require_token()
-        lines = [line for line in h.body().splitlines() if line.strip()]
+    @staticmethod
+    def _commit_operations(body: bytes) -> tuple[dict, list[tuple[str, str, Any]]]:
+        """The header and the (kind, path, payload) operations of an NDJSON commit body, each path checked."""
+        lines = [line for line in body.splitlines() if line.strip()]
         try:
             items = [json.loads(line) for line in lines]
         except ValueError as err:
@@ -1012,6 +1013,11 @@ class HubServer:
                 ops.append((key, path, None))
             else:
                 raise HubError(400, f"Unknown commit operation {key!r}")
+        return header, ops
+
+    def _commit(self, h: _Handler, repo_type: str, repo_id: str, revision: str) -> None:
+        h.require_token()
+        header, ops = self._commit_operations(h.body())
         create_pr = h.query.get("create_pr", ["0"])[-1] in ("1", "true", "True")
         with self._lock:
             repo = self._get_repo(repo_type, repo_id, h.token())

@@ -5,12 +5,12 @@ import torch
 from PIL import Image
 
 from hf_ddpm.data import (
+    AugmentedImages,
     check_resolution,
     load_image_dataset,
     load_mnist_digits,
     make_transform,
     mnist_training_and_held_out_digits,
-    preprocess,
     split_digits,
     validate_image_folder,
 )
@@ -125,12 +125,64 @@ def test_transform_says_it_is_deterministic_only_without_random_crop_or_flip():
     assert not make_transform(8).deterministic  # a random crop offset on non-square images
 
 
-def test_preprocess_maps_a_batch_through_with_transform(digits):
+def test_transform_maps_digits_to_single_channel_tensors_in_minus_one_one(digits):
     transform = make_transform(16, in_channels=1)
-    dataset = digits.select(range(4)).with_transform(lambda batch: preprocess(batch, transform))
-    batch = dataset[:4]["pixel_values"]
-    assert len(batch) == 4 and all(x.shape == (1, 16, 16) for x in batch)
+    batch = [transform(row["image"]) for row in digits.select(range(4))]
+    assert all(x.shape == (1, 16, 16) and x.dtype == torch.float32 for x in batch)
     assert min(float(x.min()) for x in batch) >= -1 and max(float(x.max()) for x in batch) <= 1
+
+
+@pytest.fixture(scope="module")
+def wide_images():
+    # Wider than tall, so an 8×8 transform draws a crop offset as well as a flip.
+    rng = np.random.default_rng(0)
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(rng.integers(0, 256, (8, 11, 3), dtype=np.uint8)) for _ in range(12)]}
+    )
+
+
+def test_augmentation_depends_only_on_seed_epoch_and_index(wide_images):
+    # Exact resume and multi-process loading rely on this: no state carries over from earlier loads.
+    transform = make_transform(8, 3, random_flip=True)
+    first = AugmentedImages(wide_images, transform, seed=0)
+    first.set_epoch(1)
+    in_order = [first[i] for i in range(len(first))]
+    fresh = AugmentedImages(wide_images, transform, seed=0)
+    fresh.set_epoch(1)
+    backwards = [fresh[i] for i in reversed(range(len(fresh)))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(in_order, backwards))
+    other_seed = AugmentedImages(wide_images, transform, seed=1)
+    other_seed.set_epoch(1)
+    assert any(not torch.equal(a, other_seed[i]) for i, a in enumerate(in_order))
+
+
+def test_a_deterministic_transform_is_computed_once_per_image_and_a_random_one_every_time(wide_images):
+    # The cache must never freeze a random augmentation: a flipping transform keeps drawing per (epoch, index).
+    calls = []
+
+    def counting(transform):
+        def wrapped(image, generator=None):
+            calls.append(1)
+            return transform(image, generator)
+
+        wrapped.deterministic = transform.deterministic
+        return wrapped
+
+    fixed = AugmentedImages(wide_images, counting(make_transform(8, 3, center_crop=True)), seed=0)
+    first = [fixed[i] for i in range(len(fixed))]
+    fixed.set_epoch(1)
+    second = [fixed[i] for i in range(len(fixed))]
+    assert len(calls) == len(wide_images)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+    calls.clear()
+    flipping = AugmentedImages(wide_images, counting(make_transform(8, 3, random_flip=True)), seed=0)
+    epochs = []
+    for epoch in (0, 1):
+        flipping.set_epoch(epoch)
+        epochs.append([flipping[i] for i in range(len(flipping))])
+    assert len(calls) == 2 * len(wide_images)
+    assert any(not torch.equal(a, b) for a, b in zip(*epochs))
 
 
 @pytest.mark.parametrize("resolution,num_downsamplings", [(16, 2), (32, 3), (28, 2), (7, 0)])

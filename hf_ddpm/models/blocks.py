@@ -291,6 +291,32 @@ def _checkpointed(module: nn.Module, owner: nn.Module, *args: torch.Tensor) -> t
     return module(*args)
 
 
+def _resnets_and_attentions(
+    in_channels_per_layer: list[int],
+    out_channels: int,
+    temb_channels: int,
+    add_attention: bool,
+    resnet_kwargs: dict,
+    attention_head_dim: int | None,
+) -> tuple[nn.ModuleList | None, nn.ModuleList]:
+    """
+    The layers of one resolution: a residual block per entry of `in_channels_per_layer`, each followed by an
+    attention block when `add_attention`. Returned as `(attentions or None, resnets)`, to be registered in that order.
+
+    The modules are created layer by layer (resnet, attention, resnet, ...) as in diffusers' `AttnDownBlock2D` and
+    `AttnUpBlock2D`, so that under the same seed the initial weights are theirs; and registered attentions first, as
+    there, so that `parameters()` (which optimizer states index) comes in UNet2DModel's order.
+    """
+    resnets, attentions = [], []
+    for layer_in_channels in in_channels_per_layer:
+        resnets.append(ResnetBlock(layer_in_channels, out_channels, temb_channels, **resnet_kwargs))
+        if add_attention:
+            attentions.append(
+                AttentionBlock(out_channels, attention_head_dim, resnet_kwargs["groups"], resnet_kwargs["eps"])
+            )
+    return (nn.ModuleList(attentions) if add_attention else None), nn.ModuleList(resnets)
+
+
 class DownBlock(nn.Module):
     """
     One resolution of the contracting path: `num_layers` residual blocks, each optionally followed by attention,
@@ -322,17 +348,10 @@ class DownBlock(nn.Module):
         downsample_padding: int = 1,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock(in_channels if i == 0 else out_channels, out_channels, temb_channels, **resnet_kwargs)
-            for i in range(num_layers)
+        in_channels_per_layer = [in_channels] + [out_channels] * (num_layers - 1)
+        self.attentions, self.resnets = _resnets_and_attentions(
+            in_channels_per_layer, out_channels, temb_channels, add_attention, resnet_kwargs, attention_head_dim
         )
-        if add_attention:
-            self.attentions = nn.ModuleList(
-                AttentionBlock(out_channels, attention_head_dim, resnet_kwargs["groups"], resnet_kwargs["eps"])
-                for _ in range(num_layers)
-            )
-        else:
-            self.attentions = None
         self.downsamplers = nn.ModuleList([Downsample(out_channels, downsample_padding)]) if add_downsample else None
         self.gradient_checkpointing = False
 
@@ -378,17 +397,12 @@ class UpBlock(nn.Module):
         attention_head_dim: int | None = None,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock((in_channels if i == 0 else out_channels) + skip, out_channels, temb_channels, **resnet_kwargs)
-            for i, skip in enumerate(skip_channels)
+        in_channels_per_layer = [
+            (in_channels if i == 0 else out_channels) + skip for i, skip in enumerate(skip_channels)
+        ]
+        self.attentions, self.resnets = _resnets_and_attentions(
+            in_channels_per_layer, out_channels, temb_channels, add_attention, resnet_kwargs, attention_head_dim
         )
-        if add_attention:
-            self.attentions = nn.ModuleList(
-                AttentionBlock(out_channels, attention_head_dim, resnet_kwargs["groups"], resnet_kwargs["eps"])
-                for _ in skip_channels
-            )
-        else:
-            self.attentions = None
         self.upsamplers = nn.ModuleList([Upsample(out_channels)]) if add_upsample else None
         self.gradient_checkpointing = False
 
@@ -427,7 +441,9 @@ class MidBlock(nn.Module):
         attn_norm_groups: int | None = 32,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(ResnetBlock(channels, channels, temb_channels, **resnet_kwargs) for _ in range(2))
+        # Created in the order of the forward pass, like UNetMidBlock2D, so a seed gives its initial weights.
+        first = ResnetBlock(channels, channels, temb_channels, **resnet_kwargs)
+        attention = None
         if add_attention:
             attention = AttentionBlock(
                 channels,
@@ -436,9 +452,10 @@ class MidBlock(nn.Module):
                 resnet_kwargs["eps"],
                 rescale_output_factor=resnet_kwargs["output_scale_factor"],
             )
-            self.attentions = nn.ModuleList([attention])
-        else:
-            self.attentions = None
+        second = ResnetBlock(channels, channels, temb_channels, **resnet_kwargs)
+        # Registered attentions first, as UNetMidBlock2D does, so that parameters() (and optimizer states) line up.
+        self.attentions = nn.ModuleList([attention]) if add_attention else None
+        self.resnets = nn.ModuleList([first, second])
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, temb_act: torch.Tensor) -> torch.Tensor:

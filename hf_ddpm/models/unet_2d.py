@@ -7,6 +7,7 @@ outputs; its defaults are UNet2DModel's defaults, so a config with missing keys 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,11 +47,58 @@ def _check_choice(name: str, value: Any, allowed: tuple) -> None:
         raise ValueError(f"`{name}`={value!r} is not supported; supported values: {list(allowed)}.")
 
 
+def _check_positive_int(name: str, value: Any, whole: Any = None) -> None:
+    """`whole`: the list `value` is an entry of, shown in the message."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        where = "" if whole is None else f" (in {list(whole)})"
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}{where}.")
+
+
+def _attention_widths(config: Any) -> dict[str, int]:
+    """The channels of every attention the config builds, by module name (`down_blocks.1`, `mid_block`, ...)."""
+    widths = {}
+    for level, (block_type, channels) in enumerate(zip(config.down_block_types, config.block_out_channels)):
+        if block_type == "AttnDownBlock2D":
+            widths[f"down_blocks.{level}"] = channels
+    if config.mid_block_type is not None and config.add_attention:
+        widths["mid_block"] = config.block_out_channels[-1]
+    for level, (block_type, channels) in enumerate(zip(config.up_block_types, reversed(config.block_out_channels))):
+        if block_type == "AttnUpBlock2D":
+            widths[f"up_blocks.{level}"] = channels
+    return widths
+
+
+def _check_attention_head_dim(head_dim: int | None, widths: dict[str, int]) -> None:
+    """
+    Each attention of width C has `C // head_dim` heads of `head_dim` channels (`head_dim=None`: one head of C), as
+    in UNet2DModel. A head larger than C would leave no head at all; a head that does not divide C gives an
+    attention `(C // head_dim) * head_dim` channels wide inside, which UNet2DModel builds silently and this model
+    builds too (its checkpoints load as they are), with a warning.
+    """
+    if head_dim is None or not widths:
+        return
+    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 1 <= head_dim <= min(widths.values()):
+        raise ValueError(
+            f"`attention_head_dim`={head_dim!r} must be None (one head) or an integer between 1 and the channels of "
+            f"the narrowest attention ({min(widths.values())}); attentions: {widths}."
+        )
+    narrowed = {name: width for name, width in widths.items() if width % head_dim}
+    if narrowed:
+        inner = {name: width // head_dim * head_dim for name, width in narrowed.items()}
+        warnings.warn(
+            f"`attention_head_dim`={head_dim} does not divide the channels of the attentions {narrowed}: their "
+            f"queries, keys and values are only {inner} channels wide (whole heads), as in UNet2DModel.",
+            UserWarning,
+            stacklevel=5,  # the caller of DDPMUNet2DModel(...), through register_to_config
+        )
+
+
 class DDPMUNet2DModel(ModelMixin, ConfigMixin):
     r"""
     The DDPM U-Net (Ho et al. 2020, Appendix B): Wide-ResNet blocks with GroupNorm, a sinusoidal timestep embedding
     added in every block, self-attention at chosen resolutions, written from scratch with diffusers `UNet2DModel`'s
-    config fields and parameter names. Paper networks and small CPU models: [`~DDPMUNet2DModel.from_preset`].
+    config fields and parameter names. Under the same seed a config gives UNet2DModel's initial weights, in its
+    parameter order. Paper networks and small CPU models: [`~DDPMUNet2DModel.from_preset`].
 
     Parameters:
         sample_size (`int` or `tuple[int, int]`, *optional*, defaults to `None`):
@@ -86,7 +134,8 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
         act_fn (`str`, *optional*, defaults to `"silu"`): Nonlinearity of the residual blocks: `"silu"`, `"swish"`,
             `"mish"`, `"gelu"` or `"relu"`.
         attention_head_dim (`int`, *optional*, defaults to `8`): Channels per attention head; `None` means one head
-            of all channels, as in the paper.
+            of all channels, as in the paper. Checked only against the levels that have attention; one that does not
+            divide a level's channels gives whole heads only (a narrower attention, as in UNet2DModel) and a warning.
         norm_num_groups (`int`, *optional*, defaults to `32`): GroupNorm groups.
         attn_norm_num_groups (`int`, *optional*, defaults to `None`): GroupNorm groups of the middle attention;
             `None` means `norm_num_groups` with `resnet_time_scale_shift="default"` and no norm with "scale_shift".
@@ -139,7 +188,6 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self._check_config()
-        num_levels = len(block_out_channels)
         base = block_out_channels[0]
         temb_dim = time_embedding_dim or 4 * base
         resnet_kwargs = {
@@ -150,71 +198,84 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
             "time_scale_shift": resnet_time_scale_shift == "scale_shift",
         }
 
+        # Modules are created in UNet2DModel's order, so that the same seed gives the same initial weights.
         self.conv_in = nn.Conv2d(in_channels, base, kernel_size=3, padding=1)
         self.time_embedding = TimestepEmbedding(base, temb_dim)
         self.class_embedding = nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds is not None else None
         # Every residual block applies this same nonlinearity to the same embedding before its projection.
         self.temb_act = ACTIVATIONS[act_fn]()
-
-        # Contracting path; `skip_channels` is the stack of skip connections the expanding path will consume.
-        self.down_blocks = nn.ModuleList()
-        skip_channels = [base]
-        channels = base
-        for level, block_type in enumerate(down_block_types):
-            is_last = level == num_levels - 1
-            out = block_out_channels[level]
-            self.down_blocks.append(
-                DownBlock(
-                    channels,
-                    out,
-                    temb_dim,
-                    layers_per_block,
-                    add_attention=block_type == "AttnDownBlock2D",
-                    add_downsample=not is_last,
-                    resnet_kwargs={**resnet_kwargs, "output_scale_factor": 1.0},
-                    attention_head_dim=attention_head_dim,
-                    downsample_padding=downsample_padding,
-                )
-            )
-            skip_channels += [out] * (layers_per_block + (0 if is_last else 1))
-            channels = out
-
-        if mid_block_type is None:
-            self.mid_block = None
-        else:
-            if attn_norm_num_groups is None and resnet_time_scale_shift == "default":
-                attn_norm_num_groups = norm_num_groups
-            self.mid_block = MidBlock(
-                channels,
-                temb_dim,
-                add_attention,
-                resnet_kwargs={**resnet_kwargs, "output_scale_factor": mid_block_scale_factor},
-                attention_head_dim=attention_head_dim,
-                attn_norm_groups=attn_norm_num_groups,
-            )
-
-        self.up_blocks = nn.ModuleList()
-        for level, block_type in enumerate(up_block_types):
-            out = block_out_channels[num_levels - 1 - level]
-            consumed = [skip_channels.pop() for _ in range(layers_per_block + 1)]
-            self.up_blocks.append(
-                UpBlock(
-                    channels,
-                    consumed,
-                    out,
-                    temb_dim,
-                    add_attention=block_type == "AttnUpBlock2D",
-                    add_upsample=level != num_levels - 1,
-                    resnet_kwargs={**resnet_kwargs, "output_scale_factor": 1.0},
-                    attention_head_dim=attention_head_dim,
-                )
-            )
-            channels = out
-
+        self.down_blocks, skip_channels = self._build_down_blocks(temb_dim, resnet_kwargs)
+        mid_block = self._build_mid_block(temb_dim, resnet_kwargs)
+        self.up_blocks = self._build_up_blocks(temb_dim, resnet_kwargs, skip_channels)
+        # Registered after the up blocks although created before them: UNet2DModel does the same, so parameters()
+        # (which optimizer states index) comes in the same order.
+        self.mid_block = mid_block
         self.conv_norm_out = nn.GroupNorm(norm_num_groups, base, eps=norm_eps)
         self.conv_act = nn.SiLU()  # SiLU whatever `act_fn` is, as in UNet2DModel
         self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
         self.gradient_checkpointing = False
+
+    def _build_down_blocks(self, temb_dim: int, resnet_kwargs: dict) -> tuple[nn.ModuleList, list[int]]:
+        """The contracting path, and the channels of the skip connections it leaves for the expanding path."""
+        c = self.config
+        blocks = nn.ModuleList()
+        skip_channels = [c.block_out_channels[0]]  # conv_in's output
+        channels = c.block_out_channels[0]
+        for level, (block_type, out) in enumerate(zip(c.down_block_types, c.block_out_channels)):
+            is_last = level == len(c.block_out_channels) - 1
+            block = DownBlock(
+                channels,
+                out,
+                temb_dim,
+                c.layers_per_block,
+                add_attention=block_type == "AttnDownBlock2D",
+                add_downsample=not is_last,
+                resnet_kwargs={**resnet_kwargs, "output_scale_factor": 1.0},
+                attention_head_dim=c.attention_head_dim,
+                downsample_padding=c.downsample_padding,
+            )
+            blocks.append(block)
+            skip_channels += [out] * (c.layers_per_block + (0 if is_last else 1))
+            channels = out
+        return blocks, skip_channels
+
+    def _build_mid_block(self, temb_dim: int, resnet_kwargs: dict) -> MidBlock | None:
+        c = self.config
+        if c.mid_block_type is None:
+            return None
+        attn_norm_groups = c.attn_norm_num_groups
+        if attn_norm_groups is None and c.resnet_time_scale_shift == "default":
+            attn_norm_groups = c.norm_num_groups  # with "scale_shift", None: the attention has no GroupNorm
+        return MidBlock(
+            c.block_out_channels[-1],
+            temb_dim,
+            c.add_attention,
+            resnet_kwargs={**resnet_kwargs, "output_scale_factor": c.mid_block_scale_factor},
+            attention_head_dim=c.attention_head_dim,
+            attn_norm_groups=attn_norm_groups,
+        )
+
+    def _build_up_blocks(self, temb_dim: int, resnet_kwargs: dict, skip_channels: list[int]) -> nn.ModuleList:
+        """The expanding path; each block consumes `layers_per_block + 1` skips from the top of `skip_channels`."""
+        c = self.config
+        blocks = nn.ModuleList()
+        channels = c.block_out_channels[-1]
+        skip_channels = list(skip_channels)
+        for level, (block_type, out) in enumerate(zip(c.up_block_types, reversed(c.block_out_channels))):
+            consumed = [skip_channels.pop() for _ in range(c.layers_per_block + 1)]
+            block = UpBlock(
+                channels,
+                consumed,
+                out,
+                temb_dim,
+                add_attention=block_type == "AttnUpBlock2D",
+                add_upsample=level != len(c.block_out_channels) - 1,
+                resnet_kwargs={**resnet_kwargs, "output_scale_factor": 1.0},
+                attention_head_dim=c.attention_head_dim,
+            )
+            blocks.append(block)
+            channels = out
+        return blocks
 
     def _check_config(self) -> None:
         """Reject what this model does not implement, naming the supported values, before building anything."""
@@ -230,14 +291,23 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
             _check_choice("down_block_types", block_type, DOWN_BLOCK_TYPES)
         for block_type in c.up_block_types:
             _check_choice("up_block_types", block_type, UP_BLOCK_TYPES)
+        self._check_sizes()
+        _check_attention_head_dim(c.attention_head_dim, _attention_widths(c))
+
+    def _check_sizes(self) -> None:
+        c = self.config
         n = len(c.block_out_channels)
         if n == 0 or len(c.down_block_types) != n or len(c.up_block_types) != n:
             raise ValueError(
                 "`block_out_channels`, `down_block_types` and `up_block_types` must have the same non-zero length, got "
                 f"{len(c.block_out_channels)}, {len(c.down_block_types)} and {len(c.up_block_types)}."
             )
-        if c.layers_per_block < 1:
-            raise ValueError(f"`layers_per_block` must be at least 1, got {c.layers_per_block}.")
+        for name in ("in_channels", "out_channels", "layers_per_block"):
+            _check_positive_int(name, c[name])
+        for channels in c.block_out_channels:
+            _check_positive_int("block_out_channels", channels, c.block_out_channels)
+        if c.time_embedding_dim is not None:
+            _check_positive_int("time_embedding_dim", c.time_embedding_dim)
         if not 0.0 <= c.dropout < 1.0:
             raise ValueError(f"`dropout` must be in [0, 1), got {c.dropout}.")
         groups = c.norm_num_groups
@@ -249,12 +319,6 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
             raise ValueError(
                 f"`attn_norm_num_groups`={groups} must be None or divide the middle block's channels "
                 f"{c.block_out_channels[-1]}."
-            )
-        head_dim = c.attention_head_dim
-        if head_dim is not None and not 1 <= head_dim <= min(c.block_out_channels):
-            raise ValueError(
-                f"`attention_head_dim`={head_dim} must be None (one head) or between 1 and the smallest of "
-                f"`block_out_channels` ({min(c.block_out_channels)})."
             )
         if c.num_class_embeds is not None and c.num_class_embeds < 1:
             raise ValueError(
@@ -279,8 +343,23 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
             )
         return timestep.reshape(-1).to(sample.device)
 
+    def _time_embedding_dtype(self) -> torch.dtype:
+        """
+        The dtype the time embedding's first layer computes in: its weights' dtype, or the compute dtype when
+        diffusers' layerwise casting stores the weights in another. UNet2DModel casts to `ModelMixin.dtype`, which
+        gives the same answer by walking every module on each call; this asks the one layer, through the hook
+        registry that `ModelMixin.dtype` reads.
+        """
+        layer = self.time_embedding.linear_1
+        registry = getattr(layer, "_diffusers_hook", None)
+        hook = registry.get_hook("layerwise_casting") if registry is not None else None
+        return hook.compute_dtype if hook is not None else layer.weight.dtype
+
     def _check_inputs(self, sample: torch.Tensor, class_labels: torch.Tensor | None) -> None:
         c = self.config
+        if not torch.is_tensor(sample) or not sample.is_floating_point():
+            got = f"dtype {sample.dtype}" if torch.is_tensor(sample) else type(sample).__name__
+            raise TypeError(f"`sample` must be a floating-point tensor (float32, float16, bfloat16, ...); got {got}.")
         if sample.ndim != 4 or sample.shape[1] != c.in_channels:
             raise ValueError(
                 f"`sample` must have shape (batch, {c.in_channels}, height, width); got {tuple(sample.shape)}."
@@ -291,16 +370,25 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
                 f"`sample` height and width must be divisible by {factor} (the model halves them "
                 f"{self.num_downsamplings} times); got {tuple(sample.shape[2:])}."
             )
-        if self.class_embedding is None and class_labels is not None:
-            raise ValueError("`class_labels` were given but the model is unconditional (`num_class_embeds` is None).")
-        if self.class_embedding is not None:
-            if class_labels is None:
-                raise ValueError(f"`class_labels` are required: the model has {c.num_class_embeds} classes.")
-            if class_labels.ndim > 1 or (class_labels.ndim == 1 and class_labels.shape[0] not in (1, sample.shape[0])):
+        self._check_class_labels(class_labels, batch=sample.shape[0])
+
+    def _check_class_labels(self, class_labels: torch.Tensor | None, batch: int) -> None:
+        if self.class_embedding is None:
+            if class_labels is not None:
                 raise ValueError(
-                    f"`class_labels` must be a 0-d tensor or a 1-d tensor of length 1 or the batch size "
-                    f"{sample.shape[0]}; got shape {tuple(class_labels.shape)}."
+                    "`class_labels` were given but the model is unconditional (`num_class_embeds` is None)."
                 )
+            return
+        if class_labels is None:
+            raise ValueError(f"`class_labels` are required: the model has {self.config.num_class_embeds} classes.")
+        if not torch.is_tensor(class_labels) or class_labels.dtype not in (torch.int64, torch.int32):
+            got = f"dtype {class_labels.dtype}" if torch.is_tensor(class_labels) else type(class_labels).__name__
+            raise TypeError(f"`class_labels` must be an int64 or int32 tensor (class indices); got {got}.")
+        if class_labels.ndim > 1 or (class_labels.ndim == 1 and class_labels.shape[0] not in (1, batch)):
+            raise ValueError(
+                f"`class_labels` must be a 0-d tensor or a 1-d tensor of length 1 or the batch size {batch}; "
+                f"got shape {tuple(class_labels.shape)}."
+            )
 
     def forward(
         self,
@@ -336,7 +424,7 @@ class DDPMUNet2DModel(ModelMixin, ConfigMixin):
         t_emb = timestep_embedding(
             timesteps, self.config.block_out_channels[0], self.config.flip_sin_to_cos, self.config.freq_shift
         )
-        emb = self.time_embedding(t_emb.to(self.conv_in.weight.dtype))
+        emb = self.time_embedding(t_emb.to(self._time_embedding_dtype()))
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(class_labels.reshape(-1).to(sample.device)).to(emb.dtype)
         temb_act = self.temb_act(emb)

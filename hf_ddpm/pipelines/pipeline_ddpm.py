@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
-import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,7 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import CommitInfo
 
-from hf_ddpm.pipelines.hub import upload_pipeline_folder
+from hf_ddpm.pipelines.hub import push_pipeline, upload_pipeline_folder
 from hf_ddpm.pipelines.loading import load_pipeline
 from hf_ddpm.pipelines.serialization import save_pipeline, to_stock_pipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
@@ -32,7 +32,11 @@ from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
 
 __all__ = ["DDPMPipeline", "slerp"]
 
-OUTPUT_TYPES = ("pil", "np", "pt")
+# "latent" is x_0 in the model's space [-1, 1] before post-processing, as diffusers' pipelines return it.
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+# What `scheduler.step` does without each sampler option of `__call__`: any other value needs a step that takes it.
+# None means "not given" (stock DDIMPipeline's use_clipped_model_output=None passes nothing on).
+_STEP_OPTION_DEFAULTS = {"eta": 0.0, "sigma_hat": False, "use_clipped_model_output": None}
 VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 # Slack on the declared range, so that a float round trip (e.g. 0.5 + 0.5·x) landing a hair outside is not refused.
 _RANGE_TOLERANCE = 1e-4
@@ -169,6 +173,12 @@ class DDPMPipeline(DiffusionPipeline):
         return torch.contiguous_format
 
     # ---------------------------------------------------------------------------------------------- sampling
+    @property
+    def num_timesteps(self) -> int:
+        """Number of reverse steps of the latest call, set before its first step (diffusers' pipelines do the same),
+        so that a `callback_on_step_end` can tell the last step: `i == pipe.num_timesteps - 1`."""
+        return self._num_timesteps
+
     @torch.no_grad()
     def __call__(
         self,
@@ -185,6 +195,7 @@ class DDPMPipeline(DiffusionPipeline):
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         sigma_hat: bool = False,
+        use_clipped_model_output: bool | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
         Sample images: x_T ~ N(0, I), then the scheduler's reverse steps down to x_0 (DDPM Algorithm 2, or DDIM eq. 12).
@@ -202,32 +213,40 @@ class DDPMPipeline(DiffusionPipeline):
                 DDIM's η (eq. 16): 0 is deterministic DDIM, 1 is DDPM's fixed-small sampler. Non-zero only for
                 schedulers whose `step` takes `eta`.
             latents (`torch.Tensor`, *optional*, defaults to `None`):
-                x_T to start from, shape `(batch_size, C, H, W)`, on the pipeline's device in the UNet's dtype (e.g.
-                from [`~DDPMPipeline.invert`] or [`~DDPMPipeline.interpolate`]). Drawn from N(0, I) if `None`.
+                x_T to start from, shape `(batch_size, C, H, W)`, finite, on the pipeline's device in the UNet's dtype
+                (e.g. from [`~DDPMPipeline.invert`] or [`~DDPMPipeline.interpolate`]). Drawn from N(0, I) if `None`.
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"` (list of `PIL.Image`), `"np"` (float array `(B, H, W, C)` in [0, 1]) or `"pt"` (tensor
-                `(B, C, H, W)` in [0, 1]).
+                `"pil"` (list of `PIL.Image`), `"np"` (float array `(B, H, W, C)` in [0, 1]), `"pt"` (tensor
+                `(B, C, H, W)` in [0, 1]) or `"latent"` (x_0 as the last step returns it: a tensor `(B, C, H, W)` in
+                the model's space, about [-1, 1], neither rescaled nor clamped).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*, defaults to `None`):
-                Called after each step as `callback_on_step_end(pipe, i, t, callback_kwargs)` (diffusers'
-                convention); a `"latents"` entry in the dict it returns replaces the current x_t.
+                Called after each step as `callback_on_step_end(pipe, i, t, callback_kwargs)` and must return a dict
+                (diffusers' convention); a `"latents"` entry in it replaces the current x_t. `pipe.num_timesteps` is
+                the number of steps of this call.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `None`):
                 Tensors put in `callback_kwargs`, from `["latents"]`; `None` means `["latents"]`.
             sigma_hat (`bool`, *optional*, defaults to `False`):
                 DDIM's σ̂_t = √(1 − ᾱ_t/ᾱ_prev) (the "larger variance" row of DDIM Table 1). Only for schedulers whose
                 `step` takes `sigma_hat` (hf_ddpm's `DDIMScheduler`).
+            use_clipped_model_output (`bool`, *optional*, defaults to `None`):
+                As in `diffusers.DDIMPipeline`: `True`/`False` is passed to the scheduler's `step` (DDIM: re-derive ε̂
+                from the clipped x̂_0), which must take it; `None` passes nothing.
 
         Returns:
             [`~diffusers.ImagePipelineOutput`] or `tuple`: `ImagePipelineOutput(images=...)`, or `(images,)` when
             `return_dict` is `False`.
         """
-        self._check_call_inputs(batch_size, generator, output_type)
+        self._check_call_inputs(batch_size, generator, output_type, latents)
         tensor_inputs = self._callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
-        step_kwargs = self._step_kwargs(generator, eta=eta, sigma_hat=sigma_hat)
+        step_kwargs = self._step_kwargs(
+            generator, eta=eta, sigma_hat=sigma_hat, use_clipped_model_output=use_clipped_model_output
+        )
         if num_inference_steps is None:
             num_inference_steps = self.default_num_inference_steps
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         latents = self._prepare_latents(batch_size, generator, latents)
 
         uses_learned_variance = self._uses_learned_variance(self.scheduler)
@@ -235,15 +254,23 @@ class DDPMPipeline(DiffusionPipeline):
             model_output = self._denoiser_output(latents, t, self.scheduler, uses_learned_variance)
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                step_tensors = {"latents": latents}
-                callback_kwargs = {name: step_tensors[name] for name in tensor_inputs}
-                latents = callback_on_step_end(self, i, t, callback_kwargs).pop("latents", latents)
+                state = self._step_end(callback_on_step_end, i, t, {"latents": latents}, tensor_inputs)
+                latents = state["latents"]
 
         images = self.image_processor.postprocess(latents, output_type=output_type)  # [-1, 1] -> [0, 1]
         self.maybe_free_model_hooks()
         return ImagePipelineOutput(images=images) if return_dict else (images,)
 
-    def _check_call_inputs(self, batch_size: Any, generator: Any, output_type: Any) -> None:
+    def _check_components(self) -> None:
+        for name in ("unet", "scheduler"):
+            if getattr(self, name, None) is None:
+                raise ValueError(
+                    f"This DDPMPipeline has no {name} ({name}=None); build it with DDPMPipeline(unet=..., "
+                    f"scheduler=...) or set pipe.{name} first."
+                )
+
+    def _check_call_inputs(self, batch_size: Any, generator: Any, output_type: Any, latents: Any) -> None:
+        self._check_components()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
         if output_type not in OUTPUT_TYPES:
@@ -253,6 +280,8 @@ class DDPMPipeline(DiffusionPipeline):
                 f"generator is a list of {len(generator)} generators but batch_size is {batch_size}: pass one "
                 "generator per sample."
             )
+        if latents is not None:
+            self._check_latents(latents, (batch_size, *self.sample_shape), self._execution_device, self.unet.dtype)
 
     def _callback_tensor_names(self, callback: Any, names: list[str] | None) -> list[str]:
         if isinstance(callback, PipelineCallback | MultiPipelineCallbacks):
@@ -265,30 +294,42 @@ class DDPMPipeline(DiffusionPipeline):
             )
         return names
 
+    def _step_end(
+        self, callback: Callable, i: int, t: torch.Tensor, state: dict[str, torch.Tensor], names: list[str]
+    ) -> dict[str, torch.Tensor]:
+        """Call `callback_on_step_end` with the tensors it asked for; the tensors it returns replace the pipeline's."""
+        outputs = callback(self, i, t, {name: state[name] for name in names})
+        if not isinstance(outputs, dict):
+            callback_name = getattr(callback, "__qualname__", type(callback).__name__)
+            raise TypeError(
+                f"callback_on_step_end ({callback_name}) returned {type(outputs).__name__} at step {i} (timestep "
+                f"{int(t)}); it must return a dict, e.g. the callback_kwargs it was given, or {{}} to change nothing."
+            )
+        return {name: outputs.get(name, value) for name, value in state.items()}
+
     def _step_kwargs(self, generator: Any, **options: Any) -> dict[str, Any]:
-        """The keyword arguments `scheduler.step` takes: the generator, and each of `options` (η, σ̂), whose values
-        the scheduler checks. An option set for a scheduler whose `step` lacks it is refused, not dropped."""
+        """The keyword arguments `scheduler.step` takes: the generator, and each of `options` (η, σ̂, clipped ε̂),
+        whose values the scheduler checks. An option set for a scheduler whose `step` lacks it is refused, not
+        dropped."""
         accepted = inspect.signature(self.scheduler.step).parameters
         kwargs = {"generator": generator} if "generator" in accepted else {}
         for name, value in options.items():
-            if name in accepted:
+            default = _STEP_OPTION_DEFAULTS[name]
+            if name in accepted and value is not None:
                 kwargs[name] = value
-            elif value:  # eta=0.0 and sigma_hat=False are what a scheduler without them does anyway
+            elif name not in accepted and value != default:
                 raise ValueError(
                     f"{name}={value!r} needs a scheduler whose step takes {name} (hf_ddpm's DDIMScheduler); "
-                    f"{type(self.scheduler).__name__}.step does not."
+                    f"{type(self.scheduler).__name__}.step does not. Leave {name} at {default!r} with this scheduler."
                 )
         return kwargs
 
-    def _prepare_latents(self, batch_size: int, generator: Any, latents: Any) -> torch.Tensor:
-        """x_T ~ N(0, I) (DDPM Algorithm 2, line 1) or the given `latents`, times the scheduler's initial sigma (1 for
-        DDPM/DDIM), in the UNet's memory format."""
-        shape = (batch_size, *self.sample_shape)
-        device, dtype = self._execution_device, self.unet.dtype
+    def _prepare_latents(self, batch_size: int, generator: Any, latents: torch.Tensor | None) -> torch.Tensor:
+        """x_T ~ N(0, I) (DDPM Algorithm 2, line 1) or the given (checked) `latents`, times the scheduler's initial
+        sigma (1 for DDPM/DDIM), in the UNet's memory format."""
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            self._check_latents(latents, shape, device, dtype)
+            shape = (batch_size, *self.sample_shape)
+            latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         return (latents * self.scheduler.init_noise_sigma).contiguous(memory_format=self.memory_format)
 
     def _check_latents(self, latents: Any, shape: tuple, device: torch.device, dtype: torch.dtype) -> None:
@@ -305,6 +346,9 @@ class DDPMPipeline(DiffusionPipeline):
             device.index is not None and latents.device.index not in (None, device.index)
         ):
             raise ValueError(f"latents must be on the pipeline's device {device}, got {latents.device}.")
+        num_bad = int((~torch.isfinite(latents)).sum())
+        if num_bad:
+            raise ValueError(f"latents must be finite, got {num_bad} NaN or inf values of {latents.numel()}.")
 
     @staticmethod
     def _uses_learned_variance(scheduler: SchedulerMixin) -> bool:
@@ -339,7 +383,7 @@ class DDPMPipeline(DiffusionPipeline):
         left untouched. To decode: `pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)`, then
         `pipe(batch_size=len(x_T), latents=x_T, num_inference_steps=num_inference_steps)`. Encoding never clips x̂_0
         but sampling does under `clip_sample=True` (diffusers' default), so the round trip is exact in the limit only
-        with `clip_sample=False`.
+        with `clip_sample=False`; a `UserWarning` says so when the pipeline's scheduler clips or thresholds x̂_0.
 
         Args:
             images (`PIL.Image.Image`, `list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
@@ -355,15 +399,33 @@ class DDPMPipeline(DiffusionPipeline):
             `torch.Tensor`: x_T, shape `(B, C, H, W)`, on the pipeline's device in the UNet's dtype; pass it as
             `latents=`.
         """
+        self._check_components()
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         sample = self._images_to_model_space(images, value_range).contiguous(memory_format=self.memory_format)
+        self._warn_if_decoding_changes_x0()
         # Encoding visits the sampling schedule backwards: from the clean end up to the noisiest timestep.
         for t in self.progress_bar(scheduler.timesteps.flip(0)):
             model_output = self._denoiser_output(sample, t, scheduler, uses_learned_variance=False)
             sample = scheduler.inversion_step(model_output, t, sample).prev_sample
         self.maybe_free_model_hooks()
         return sample
+
+    def _warn_if_decoding_changes_x0(self) -> None:
+        """Encoding never clips x̂_0; decoding with a scheduler that clips (or thresholds) it is then no inverse."""
+        config = self.scheduler.config
+        changes_x0 = [name for name in ("clip_sample", "thresholding") if config.get(name, False)]
+        if changes_x0:
+            settings = ", ".join(f"{name}=False" for name in changes_x0)
+            warnings.warn(
+                f"The pipeline's scheduler has {', '.join(f'{name}=True' for name in changes_x0)}: decoding with it "
+                "clips x̂_0 where encoding does not, so these latents decode back worse (often by an order of "
+                "magnitude or more) wherever the model's x̂_0 leaves [-1, 1]. Set "
+                f"{settings} on the scheduler config: pipe.scheduler = DDIMScheduler.from_config("
+                f"pipe.scheduler.config, {settings}).",
+                UserWarning,
+                stacklevel=4,  # the user's line: above this helper, invert and torch.no_grad's wrapper
+            )
 
     def _images_to_model_space(self, images: Any, value_range: tuple[float, float]) -> torch.Tensor:
         """x_0 in [-1, 1], `(B, C, H, W)` on the pipeline's device in the UNet's dtype."""
@@ -409,6 +471,7 @@ class DDPMPipeline(DiffusionPipeline):
             `torch.Tensor`: `(num, C, H, W)` for single latents; for batches `(N·num, C, H, W)` with pair n's path at
             rows `n·num ... n·num + num − 1`. Pass it with `batch_size=result.shape[0]`.
         """
+        self._check_components()
         if isinstance(num, bool) or not isinstance(num, int) or num < 2:
             raise ValueError(f"num must be an integer >= 2 (the endpoints are included), got {num!r}.")
         for name, value in (("latents_a", latents_a), ("latents_b", latents_b)):
@@ -526,12 +589,17 @@ class DDPMPipeline(DiffusionPipeline):
         revision: str | None = None,
         training_args: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
-        license: str = "apache-2.0",
+        license: str | None = None,
         datasets: list[str] | None = None,
+        sample_grid: bool = True,
     ) -> CommitInfo:
         r"""
         Save the pipeline to a temporary folder, write its model card (the repo's README.md) and upload both as one
-        commit.
+        commit; the repo's URL is printed.
+
+        A pipeline loaded from a local folder keeps that folder's training summary (`training_summary.json`) and
+        sample grid when `training_args`, `metrics` and `datasets` are not given. Nothing published names a local
+        path, this machine's user or host, or a Hub token.
 
         Args:
             repo_id (`str`):
@@ -541,39 +609,42 @@ class DDPMPipeline(DiffusionPipeline):
             private (`bool`, *optional*, defaults to `None`):
                 Visibility of a newly created repo (the Hub's default if `None`).
             token (`str` or `bool`, *optional*, defaults to `None`):
-                Hub token; huggingface_hub's stored token if `None`. Never written to the card.
+                Hub token; huggingface_hub's stored token if `None`. Redacted wherever it occurs in the upload.
             create_pr (`bool`, *optional*, defaults to `False`):
                 Open a pull request instead of committing to `revision`.
             revision (`str`, *optional*, defaults to `None`):
                 Branch to commit to (`main` if `None`); created from `main` if missing.
             training_args (`dict`, *optional*, defaults to `None`):
-                Training settings to list in the card (tokens and local paths are dropped).
+                Training settings for the card's table and data line (tokens and local paths are dropped); keys
+                read besides the flags of `examples/train.py`: `dataset_name`, `train_data_dir`,
+                `num_train_images`, `global_step`, `epochs_run`, `use_ema`.
             metrics (`dict`, *optional*, defaults to `None`):
                 Measured metrics (e.g. `{"fid": 3.17}`) to list in the card.
-            license (`str`, *optional*, defaults to `"apache-2.0"`):
-                License identifier for the card's metadata.
+            license (`str`, *optional*, defaults to `None`):
+                License identifier for the card's metadata (e.g. `"apache-2.0"`); none is stated if `None`.
             datasets (`list[str]`, *optional*, defaults to `None`):
                 Hub dataset ids the model was trained on, for the card's metadata (local paths are dropped).
+            sample_grid (`bool`, *optional*, defaults to `True`):
+                When the pipeline's folder holds no sample grid, draw one for the card (16 images, DDIM η = 0, 25
+                steps, seed 0). `False` draws none.
 
         Returns:
             `huggingface_hub.CommitInfo`: the commit that was made.
         """
-        with tempfile.TemporaryDirectory() as folder:
-            self.save_pretrained(folder)
-            return upload_pipeline_folder(
-                self,
-                folder,
-                repo_id,
-                commit_message=commit_message,
-                private=private,
-                token=token,
-                create_pr=create_pr,
-                revision=revision,
-                training_args=training_args,
-                metrics=metrics,
-                license=license,
-                datasets=datasets,
-            )
+        return push_pipeline(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            create_pr=create_pr,
+            revision=revision,
+            training_args=training_args,
+            metrics=metrics,
+            license=license,
+            datasets=datasets,
+            sample_grid=sample_grid,
+        )
 
     def to_diffusers(self) -> DiffusionPipeline:
         """

@@ -3,7 +3,8 @@
 Diffusers' timestep t (0 .. T-1) is the paper's t + 1 throughout.
 """
 
-from typing import Literal
+import math
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -12,9 +13,18 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .schedule_utils import DiffusionChainMixin, check_eta
+from .diffusion_chain import DiffusionChainMixin, PredictionType
+from .timestep_spacing import TimestepSpacing
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+DDIMBetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+DDIM_BETA_SCHEDULES: tuple[str, ...] = get_args(DDIMBetaSchedule)  # the parent accepts fewer than DDPM's
+
+
+def _check_eta(eta: Any) -> float:
+    """η of DDIM eq. 16 as a float, after checking it is a finite number ≥ 0."""
+    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not math.isfinite(eta) or eta < 0:
+        raise ValueError(f"`eta` must be a finite number ≥ 0 (0: DDIM, 1: DDPM's fixed small), got {eta!r}.")
+    return float(eta)
 
 
 class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
@@ -67,21 +77,21 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        beta_schedule: str = "linear",
+        beta_schedule: DDIMBetaSchedule = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
         clip_sample: bool = True,
         set_alpha_to_one: bool = True,
         steps_offset: int = 0,
-        prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
+        prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
         sample_max_value: float = 1.0,
-        timestep_spacing: Literal["leading", "trailing", "linspace", "quadratic"] = "leading",
+        timestep_spacing: TimestepSpacing = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
-        if trained_betas is None and beta_schedule not in BETA_SCHEDULES:
-            raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
+        if trained_betas is None and beta_schedule not in DDIM_BETA_SCHEDULES:
+            raise ValueError(f"`beta_schedule` must be one of {DDIM_BETA_SCHEDULES}, got {beta_schedule!r}.")
         super().__init__(
             num_train_timesteps=num_train_timesteps,
             beta_start=beta_start,
@@ -129,13 +139,16 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         Returns:
             `torch.Tensor`: σ, broadcastable against `like`.
         """
-        eta = check_eta(eta)
+        eta = _check_eta(eta)
         t = self._as_timesteps(timestep, like, scheduled=True)
         if like is None:  # a 1-d float64 stand-in: σ comes back 0-d for an int, 1-d for a batch of timesteps
             like = torch.empty(0, dtype=torch.float64, device=None if isinstance(t, int) else t.device)
+        return self._sigma(t, eta, sigma_hat, like)
+
+    def _sigma(self, t: int | torch.Tensor, eta: float, sigma_hat: bool, like: torch.Tensor) -> torch.Tensor:
         if sigma_hat:
-            return self._gather("sigma_hat_table", t, like)
-        return eta * self._gather("posterior_variance", t, like).sqrt()
+            return self._gather("sigma_hat_table", t, like)  # σ̂_t = √β_t, 0 on the last step
+        return eta * self._gather("posterior_variance", t, like).sqrt()  # σ_t(η) = η √β̃_t (eq. 16)
 
     def _check_eta_defined(self, eta: float, t: int | torch.Tensor) -> None:
         """η > 1 only while eq. 12's 1 − ᾱ_prev − σ_t(η)² ≥ 0 (checked on the CPU tables: no device sync)."""
@@ -192,7 +205,7 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         Returns:
             `DDIMSchedulerOutput` or `tuple`: `prev_sample` (x_prev) and `pred_original_sample` (x̂_0).
         """
-        eta = check_eta(eta)
+        eta = _check_eta(eta)
         self._check_same_shape(model_output, sample, "model_output", "sample")
         if variance_noise is not None:
             if generator is not None:
@@ -202,23 +215,18 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         if eta > 1 and not sigma_hat:
             self._check_eta_defined(eta, t)
 
-        sqrt_alpha_prod, sqrt_one_minus_alpha_prod = self._noise_levels(t, sample)
-        pred_original_sample, pred_epsilon = self._x0_and_noise(
-            model_output, sample, sqrt_alpha_prod, sqrt_one_minus_alpha_prod
-        )  # x̂_0 (eq. 15 / DDIM eq. 12's "predicted x_0") and ε̂
+        pred_original_sample, pred_epsilon = self._x0_and_noise(model_output, sample, t)  # x̂_0 (eq. 15 / 12), ε̂
         pred_original_sample = self._clip_or_threshold(pred_original_sample)
         if use_clipped_model_output:
             pred_epsilon = self._noise_from_original_sample(
-                pred_original_sample, sample, sqrt_alpha_prod, sqrt_one_minus_alpha_prod
+                pred_original_sample, sample, *self._noise_levels(t, sample)
             )
-
-        std_dev_t = self.sigma(t, eta, sigma_hat=sigma_hat, like=sample)  # σ_t (eq. 16) or σ̂_t
-        direction_std = self.sigma(t, 1.0, like=sample) if sigma_hat else std_dev_t
+        std_dev_t = self._sigma(t, eta, sigma_hat, sample)  # σ_t (eq. 16) or σ̂_t
+        direction_std = self._sigma(t, 1.0, False, sample) if sigma_hat else std_dev_t
         # "direction pointing to x_t": √(1 − ᾱ_prev − σ_t²) ε̂ (clamped at 0 against rounding for η ≈ its maximum)
         direction_scale = (self._gather("one_minus_alphas_cumprod_prev", t, sample) - direction_std**2).clamp(min=0)
         prev_sample = self._gather("sqrt_alphas_cumprod_prev", t, sample) * pred_original_sample
         prev_sample = prev_sample + direction_scale.sqrt() * pred_epsilon
-
         if eta > 0 or sigma_hat:
             if variance_noise is None:
                 variance_noise = randn_tensor(
@@ -265,16 +273,13 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         return_dict: bool = True,
     ) -> DDIMSchedulerOutput | tuple:
         """
-        One DDIM encoding step (DDIM §4.3): eq. 12 with η = 0 run forward in t, from the level of
-        `previous_timestep(timestep)` up to `timestep`.
+        One DDIM encoding step (DDIM §4.3): eq. 12 with η = 0 run forward, from the level of
+        `previous_timestep(timestep)` up to `timestep`: ε̂ from the model output, x̂_0 = (x_prev − √(1 − ᾱ_prev) ε̂) /
+        √ᾱ_prev, then x_t = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂. No clipping (it would break invertibility).
 
-        `sample` is x at the level of `previous_timestep(timestep)` — the clean data x_0 when `timestep` is the
-        smallest scheduled timestep (then ᾱ = 1, or ᾱ at t = 0 without `set_alpha_to_one`). `model_output` is the model
-        evaluated at (`sample`, `timestep`), i.e. at the target timestep, because the level below the first step has
-        no trained timestep (the same choice as diffusers' DDIMInverseScheduler); its prediction type is read as at
-        `timestep`. Then ε̂ = `predict_noise(model_output, sample, timestep)`,
-        x̂_0 = (x_prev − √(1 − ᾱ_prev) ε̂) / √ᾱ_prev and x_t = √ᾱ_t x̂_0 + √(1 − ᾱ_t) ε̂. No clipping (it would break
-        invertibility). The first step from x_0 gives x̂_0 = x_0 and x_{τ_1} = √ᾱ x_0 + √(1 − ᾱ) ε_θ(x_0, τ_1).
+        The model is evaluated at (`sample`, `timestep`), the target timestep, because the level below the first step
+        has no trained timestep (as in diffusers' DDIMInverseScheduler). From clean data the first step is eq. 4 with
+        ε_θ(x_0, τ_1).
 
         Loop: `for t in scheduler.timesteps.flip(0): sample = scheduler.inversion_step(model(sample, t), t, sample)`.
 
@@ -290,7 +295,7 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         """
         self._check_same_shape(model_output, sample, "model_output", "sample")
         t = self._as_timesteps(timestep, sample, scheduled=True)
-        pred_epsilon = self.predict_noise(model_output, sample, t)
+        pred_epsilon = self._x0_and_noise(model_output, sample, t)[1]  # ε̂, whatever the prediction type
         sqrt_alpha_prod_prev = self._gather("sqrt_alphas_cumprod_prev", t, sample)
         sqrt_one_minus_alpha_prod_prev = self._gather("sqrt_one_minus_alphas_cumprod_prev", t, sample)
         pred_original_sample = self._original_sample_from_noise(

@@ -4,7 +4,7 @@ Diffusers' timestep t (0 .. T-1) is the paper's t + 1 throughout: diffusers' t =
 """
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -14,12 +14,17 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .schedule_utils import DiffusionChainMixin, discretized_gaussian_log_likelihood, normal_kl
+from .diffusion_chain import DiffusionChainMixin, PredictionType
+from .gaussian_likelihood import discretized_gaussian_log_likelihood, normal_kl
+from .timestep_spacing import TimestepSpacing
 
 # Variance types whose model output carries C extra channels for σ_t² (the prediction comes first).
-LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
-VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", *LEARNED_VARIANCE_TYPES)
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+LearnedVarianceType = Literal["learned", "learned_range"]
+VarianceType = Literal["fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", LearnedVarianceType]
+BetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"]
+LEARNED_VARIANCE_TYPES: tuple[str, ...] = get_args(LearnedVarianceType)
+VARIANCE_TYPES: tuple[str, ...] = get_args(VarianceType)
+BETA_SCHEDULES: tuple[str, ...] = get_args(BetaSchedule)  # DDPMScheduler's; DDIM accepts fewer
 
 
 @dataclass
@@ -91,18 +96,16 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
-        beta_schedule: str = "linear",
+        beta_schedule: BetaSchedule = "linear",
         trained_betas: np.ndarray | list[float] | None = None,
-        variance_type: Literal[
-            "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"
-        ] = "fixed_small",
+        variance_type: VarianceType = "fixed_small",
         clip_sample: bool = True,
-        prediction_type: Literal["epsilon", "sample", "v_prediction"] = "epsilon",
+        prediction_type: PredictionType = "epsilon",
         thresholding: bool = False,
         dynamic_thresholding_ratio: float = 0.995,
         clip_sample_range: float = 1.0,
         sample_max_value: float = 1.0,
-        timestep_spacing: Literal["leading", "trailing", "linspace", "quadratic"] = "leading",
+        timestep_spacing: TimestepSpacing = "leading",
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
@@ -152,29 +155,37 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         """
         self._check_same_shape(original_sample, sample, "original_sample", "sample")
         t = self._as_timesteps(timesteps, sample, scheduled=True)
-        coef_x0 = self._gather("posterior_mean_coef1", t, sample)  # √ᾱ_prev β_t / (1 − ᾱ_t)
-        coef_xt = self._gather("posterior_mean_coef2", t, sample)  # √α_t (1 − ᾱ_prev) / (1 − ᾱ_t)
-        mean = coef_x0 * original_sample + coef_xt * sample
-        variance = self._gather("posterior_variance", t, sample).expand_as(sample)
-        log_variance = self._gather("posterior_log_variance_clipped", t, sample).expand_as(sample)
-        return mean, variance, log_variance
+        return self._q_posterior_mean_variance(original_sample, sample, t)
+
+    def _q_posterior_mean_variance(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        coef_x0 = self._gather("posterior_mean_coef1", t, x_t)  # √ᾱ_prev β_t / (1 − ᾱ_t)
+        coef_xt = self._gather("posterior_mean_coef2", t, x_t)  # √α_t (1 − ᾱ_prev) / (1 − ᾱ_t)
+        variance = self._gather("posterior_variance", t, x_t).expand_as(x_t)
+        log_variance = self._gather("posterior_log_variance_clipped", t, x_t).expand_as(x_t)
+        return coef_x0 * x0 + coef_xt * x_t, variance, log_variance
+
+    def _check_model_output(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        """The model output has the sample's shape, with 2C channels (prediction, variance) for learned variances."""
+        if self.config.variance_type not in LEARNED_VARIANCE_TYPES:
+            self._check_same_shape(model_output, sample, "model_output", "sample")
+            return
+        if sample.ndim < 2 or model_output.shape != (sample.shape[0], 2 * sample.shape[1], *sample.shape[2:]):
+            channels = sample.shape[1] if sample.ndim >= 2 else "C"
+            raise ValueError(
+                f"`variance_type`={self.config.variance_type!r} needs a model_output with 2×{channels} channels "
+                f"(prediction, variance), got shape {tuple(model_output.shape)} for a sample of shape "
+                f"{tuple(sample.shape)}."
+            )
 
     def _split_model_output(
         self, model_output: torch.Tensor, sample: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Splits a learned-variance model's 2C channels into (prediction, variance output)."""
-        learned = self.config.variance_type in LEARNED_VARIANCE_TYPES
-        if learned and model_output.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1]:
+        """(prediction, variance channels or `None`) of a checked model output."""
+        if self.config.variance_type in LEARNED_VARIANCE_TYPES:
             prediction, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
-            if prediction.shape == sample.shape:
-                return prediction, predicted_variance
-        if learned:
-            raise ValueError(
-                f"`variance_type`={self.config.variance_type!r} needs a model_output with 2×{sample.shape[1]} "
-                f"channels (prediction, variance), got shape {tuple(model_output.shape)} for a sample of shape "
-                f"{tuple(sample.shape)}."
-            )
-        self._check_same_shape(model_output, sample, "model_output", "sample")
+            return prediction, predicted_variance
         return model_output, None
 
     def model_variance(
@@ -201,17 +212,23 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         """
         t = self._as_timesteps(timesteps, sample, scheduled=True)
         variance_type = self.config.variance_type
+        if variance_type in LEARNED_VARIANCE_TYPES and predicted_variance is None:
+            raise ValueError(f"`variance_type`={variance_type!r} needs the model's `predicted_variance` channels.")
+        return self._model_variance(t, sample, predicted_variance)
+
+    def _model_variance(
+        self, t: int | torch.Tensor, sample: torch.Tensor, predicted_variance: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        variance_type = self.config.variance_type
         if variance_type in ("fixed_small", "fixed_small_log"):
             variance = self._gather("fixed_small_variance", t, sample)
             log_variance = self._gather("posterior_log_variance_clipped", t, sample)
         elif variance_type in ("fixed_large", "fixed_large_log"):
             variance = self._gather("fixed_large_variance", t, sample)
             log_variance = self._gather("fixed_large_log_variance", t, sample)
-        elif predicted_variance is None:
-            raise ValueError(f"`variance_type`={variance_type!r} needs the model's `predicted_variance` channels.")
         elif variance_type == "learned":
             variance, log_variance = predicted_variance, predicted_variance.log()
-        else:  # learned_range
+        else:  # learned_range (Nichol & Dhariwal eq. 15)
             min_log = self._gather("posterior_log_variance_clipped", t, sample)  # log β̃_t
             max_log = self._gather("log_step_betas", t, sample)  # log β_t
             frac = (predicted_variance + 1) / 2
@@ -241,11 +258,17 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
             [`DDPMMeanVariance`]: `mean`, `variance`, `log_variance`, `pred_original_sample`.
         """
         t = self._as_timesteps(timesteps, sample, scheduled=True)
+        self._check_model_output(model_output, sample)
+        return self._p_mean_variance(model_output, sample, t, clip_sample)
+
+    def _p_mean_variance(
+        self, model_output: torch.Tensor, sample: torch.Tensor, t: int | torch.Tensor, clip_sample: bool | None
+    ) -> DDPMMeanVariance:
         prediction, predicted_variance = self._split_model_output(model_output, sample)
-        pred_original_sample = self.predict_original_sample(prediction, sample, t)  # eq. 15
+        pred_original_sample = self._x0_and_noise(prediction, sample, t)[0]  # x̂_0, eq. 15
         pred_original_sample = self._clip_or_threshold(pred_original_sample, clip_sample)
-        mean, _, _ = self.q_posterior_mean_variance(pred_original_sample, sample, t)  # μ_θ, eq. 7 / 11
-        variance, log_variance = self.model_variance(t, sample, predicted_variance)
+        mean = self._q_posterior_mean_variance(pred_original_sample, sample, t)[0]  # μ_θ, eq. 7 / 11
+        variance, log_variance = self._model_variance(t, sample, predicted_variance)
         return DDPMMeanVariance(
             mean=mean, variance=variance, log_variance=log_variance, pred_original_sample=pred_original_sample
         )
@@ -274,6 +297,14 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         zero = torch.zeros((), dtype=x0.dtype, device=x0.device)
         return self._sum_per_example(normal_kl(mean, log_variance, zero, zero))
 
+    def _check_vlb_arguments(
+        self, model_output: torch.Tensor, original_sample: torch.Tensor, sample: torch.Tensor, timesteps: Any
+    ) -> int | torch.Tensor:
+        t = self._as_timesteps(timesteps, sample, scheduled=True)
+        self._check_model_output(model_output, sample)
+        self._check_same_shape(original_sample, sample, "original_sample", "sample")
+        return t
+
     def posterior_kl(
         self,
         model_output: torch.Tensor,
@@ -295,9 +326,14 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         Returns:
             `torch.Tensor`: shape (batch,), in the sample's dtype.
         """
-        t = self._as_timesteps(timesteps, sample, scheduled=True)
-        true_mean, _, true_log_variance = self.q_posterior_mean_variance(original_sample, sample, t)
-        model = self.p_mean_variance(model_output, sample, t, clip_sample=clip_sample)
+        t = self._check_vlb_arguments(model_output, original_sample, sample, timesteps)
+        return self._posterior_kl(model_output, original_sample, sample, t, clip_sample)
+
+    def _posterior_kl(
+        self, model_output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: int | torch.Tensor, clip_sample: Any
+    ) -> torch.Tensor:
+        true_mean, _, true_log_variance = self._q_posterior_mean_variance(x0, x_t, t)
+        model = self._p_mean_variance(model_output, x_t, t, clip_sample)
         return self._sum_per_example(normal_kl(true_mean, true_log_variance, model.mean, model.log_variance))
 
     def decoder_nll(
@@ -310,8 +346,8 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         """
         L_0 = −log p_θ(x_0 | x_1) in nats per example (DDPM eq. 13), at diffusers' t = 0 (the paper's t = 1).
 
-        p_θ is the reverse Gaussian N(μ_θ, σ_1²) discretized to bins of width 2/255 around each of the 256 levels of
-        [-1, 1], the outermost bins extending to ±∞. σ_1² is β̃ of the second step (never 0).
+        p_θ is N(μ_θ, σ_1²) discretized to bins of width 2/255 around each of the 256 levels of [-1, 1], the outermost
+        bins extending to ±∞; σ_1² is β̃ of the second step (never 0).
 
         Args:
             model_output (`torch.Tensor`): the model's output at (x_1, t=0).
@@ -322,10 +358,14 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         Returns:
             `torch.Tensor`: shape (batch,), in at least float32.
         """
-        model = self.p_mean_variance(model_output, sample, 0, clip_sample=clip_sample)
-        self._check_same_shape(original_sample, sample, "original_sample", "sample")
-        log_likelihood = discretized_gaussian_log_likelihood(original_sample, model.mean, 0.5 * model.log_variance)
-        return -self._sum_per_example(log_likelihood)
+        self._check_vlb_arguments(model_output, original_sample, sample, 0)
+        return self._decoder_nll(model_output, original_sample, sample, clip_sample)
+
+    def _decoder_nll(
+        self, model_output: torch.Tensor, x0: torch.Tensor, x1: torch.Tensor, clip_sample: Any
+    ) -> torch.Tensor:
+        model = self._p_mean_variance(model_output, x1, 0, clip_sample)
+        return -self._sum_per_example(discretized_gaussian_log_likelihood(x0, model.mean, 0.5 * model.log_variance))
 
     def vlb_terms(
         self,
@@ -349,17 +389,25 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         Returns:
             `torch.Tensor`: shape (batch,).
         """
-        t = self._as_timesteps(timesteps, sample, scheduled=True)
+        t = self._check_vlb_arguments(model_output, original_sample, sample, timesteps)
         if isinstance(t, int) and t == 0:
-            return self.decoder_nll(model_output, original_sample, sample, clip_sample)
-        kl = self.posterior_kl(model_output, original_sample, sample, t, clip_sample)
+            return self._decoder_nll(model_output, original_sample, sample, clip_sample)
+        kl = self._posterior_kl(model_output, original_sample, sample, t, clip_sample)
         if isinstance(t, int):
             return kl
-        nll = self.decoder_nll(model_output, original_sample, sample, clip_sample)
+        self._as_timesteps(0, scheduled=True)  # the decoder term, computed for the whole batch, needs t = 0
+        nll = self._decoder_nll(model_output, original_sample, sample, clip_sample)
         return torch.where(t.to(kl.device) == 0, nll, kl.to(nll.dtype))
 
     # ----------------------------------------------------------------------------------------------------------------
     # Sampling
+
+    def _noise_scale(self, p: DDPMMeanVariance, t: int | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """σ_t computed as the parent does (same noise, same samples); 0 for examples of a batch on their last step."""
+        std = torch.exp(0.5 * p.log_variance) if self.config.variance_type == "learned_range" else p.variance.sqrt()
+        if not isinstance(t, int):
+            std = std * (self._gather("prev_timesteps", t, sample) >= 0).to(std.dtype)
+        return std
 
     def step(
         self,
@@ -370,10 +418,9 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         return_dict: bool = True,
     ) -> DDPMSchedulerOutput | tuple:
         """
-        One step of DDPM's Algorithm 2, from `timestep` to `previous_timestep(timestep)`.
-
-        x̂_0 (eq. 15) → clip/threshold → μ_θ = μ̃_t(x̂_0, x_t) (eq. 7/11) → σ_t → x_prev = μ_θ + σ_t z, with z = 0 on the
-        schedule's last step. The noise is drawn as the parent draws it, so a generator gives the same samples.
+        One step of DDPM's Algorithm 2, from `timestep` to `previous_timestep(timestep)`: x_prev = μ_θ + σ_t z from
+        `p_mean_variance`, with z = 0 on the schedule's last step. z is drawn as the parent draws it, so a generator
+        gives the same samples.
 
         Args:
             model_output (`torch.Tensor`):
@@ -392,26 +439,15 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
             `DDPMSchedulerOutput` or `tuple`: `prev_sample` (x_prev) and `pred_original_sample` (x̂_0).
         """
         t = self._as_timesteps(timestep, sample, scheduled=True)
-        prediction, predicted_variance = self._split_model_output(model_output, sample)
-        pred_original_sample = self.predict_original_sample(prediction, sample, t)  # eq. 15
-        pred_original_sample = self._clip_or_threshold(pred_original_sample)
-        mean, _, _ = self.q_posterior_mean_variance(pred_original_sample, sample, t)  # μ_θ (eq. 7 / 11)
-        variance, log_variance = self.model_variance(t, sample, predicted_variance)
-
-        prev_sample = mean
-        last_step = isinstance(t, int) and int(self.prev_timesteps[t]) < 0
-        if not last_step:
+        self._check_model_output(model_output, sample)
+        p = self._p_mean_variance(model_output, sample, t, clip_sample=None)  # x̂_0, μ_θ and σ_t²
+        prev_sample = p.mean
+        if not (isinstance(t, int) and int(self.prev_timesteps[t]) < 0):  # z = 0 on the schedule's last step
             noise = randn_tensor(
-                prediction.shape, generator=generator, device=prediction.device, dtype=prediction.dtype
+                sample.shape, generator=generator, device=model_output.device, dtype=model_output.dtype
             )
-            if self.config.variance_type == "learned_range":
-                std = torch.exp(0.5 * log_variance)
-            else:
-                std = variance.sqrt()
-            if not isinstance(t, int):  # a batch of timesteps: z = 0 for the examples on their last step
-                std = std * (self._gather("prev_timesteps", t, sample) >= 0).to(std.dtype)
-            prev_sample = mean + std * noise
+            prev_sample = prev_sample + self._noise_scale(p, t, sample) * noise
 
         if not return_dict:
-            return (prev_sample, pred_original_sample)
-        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
+            return (prev_sample, p.pred_original_sample)
+        return DDPMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=p.pred_original_sample)

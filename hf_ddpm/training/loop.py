@@ -6,7 +6,8 @@ only the main process writes checkpoints' weights, logs, sample grids and the fi
 Exact resume. Everything random is a function of positions, not of history:
 - the data order of epoch e is the permutation Accelerate's seedable sampler draws from `seed + e`, and a resumed
   run skips the batches of the epoch it already saw (`skip_first_batches`);
-- each image's augmentation (crop, flip) is drawn from a generator seeded by (seed, epoch, index);
+- each image's augmentation (crop, flip) is drawn from a generator seeded by (seed, epoch, index)
+  (`hf_ddpm.data.AugmentedImages`);
 - each micro-batch's timesteps t, noise ε and dropout masks come from the global RNG reseeded by
   (seed, process, epoch, batch index), so they do not depend on what ran before in this process;
 - the UNet, EMA, optimizer, LR schedule and GradScaler come back from the checkpoint, and the step counter from
@@ -22,6 +23,8 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,10 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.utils import make_image_grid
+from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_ddpm.data import check_resolution, load_image_dataset, make_transform
+from hf_ddpm.data import AugmentedImages, check_resolution, load_image_dataset, make_transform, seed_from
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
@@ -51,59 +55,13 @@ from hf_ddpm.training.ema import EMAModel
 from hf_ddpm.training.loss import diffusion_loss
 from hf_ddpm.training.optimizer import adamw
 
-__all__ = ["AugmentedImages", "build_unet", "train", "use_channels_last", "use_random_flip"]
+__all__ = ["build_unet", "train", "use_channels_last", "use_random_flip"]
 
-
-def _seed_from(*keys: int) -> int:
-    # A well-mixed 32-bit seed from a tuple of integers (numpy's SeedSequence hashes them), so neighbouring
-    # (epoch, batch) pairs get unrelated streams.
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
-
-
-class AugmentedImages(torch.utils.data.Dataset):
-    """
-    A `datasets.Dataset` of images seen through a training transform whose random choices depend only on
-    (seed, epoch, index), so any image's augmentation is the same whichever process, worker or run loads it.
-
-    Args:
-        dataset (`datasets.Dataset`):
-            Rows with an `image` column of `PIL.Image`s.
-        transform (`Callable`):
-            `hf_ddpm.data.make_transform(...)`: `(image, generator) -> [C, R, R]` tensor in [-1, 1].
-        seed (`int`, *optional*, defaults to 0):
-            The run's seed.
-    """
-
-    # Decoding and resizing cost about 1 ms per image, as much as a small model's training step per image: a
-    # deterministic transform's tensors are kept after the first epoch when they fit in this many bytes.
-    max_cache_bytes = 2**30
-
-    def __init__(self, dataset, transform, seed: int = 0):
-        self.dataset = dataset
-        self.transform = transform
-        self.seed = seed
-        self.epoch = 0
-        self._cache: dict[int, torch.Tensor] | None = {} if getattr(transform, "deterministic", False) else None
-
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Accelerate's data loader at the start of each epoch."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        generator = torch.Generator().manual_seed(_seed_from(self.seed, self.epoch, index))
-        tensor = self.transform(self.dataset[int(index)]["image"], generator)
-        if self._cache is not None and tensor.nbytes * len(self.dataset) <= self.max_cache_bytes:
-            self._cache[index] = tensor
-        return tensor
+# Below the public helpers, the steps of `train` in the order it calls them, then `train` itself.
 
 
 def use_channels_last(args: argparse.Namespace, mixed_precision: str) -> bool:
-    """`--channels_last`, or by default NHWC exactly when training under bf16/fp16 autocast (where it measured faster)."""
+    """`--channels_last`, or by default NHWC exactly under bf16/fp16 autocast (see `benchmarks/README.md`)."""
     return args.channels_last if args.channels_last is not None else mixed_precision in ("bf16", "fp16")
 
 
@@ -165,20 +123,340 @@ def _hparams(args: argparse.Namespace) -> dict:
     return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
 
 
+@dataclass
+class TrainingRun:
+    """What the steps of `train` share: the prepared objects, and the counters that move with each step."""
+
+    args: argparse.Namespace
+    accelerator: Accelerator
+    unet: torch.nn.Module
+    noise_scheduler: DDPMScheduler
+    ema_model: EMAModel | None
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    dataloader: torch.utils.data.DataLoader
+    steps_per_epoch: int
+    max_train_steps: int
+    global_step: int = 0
+    last_checkpoint: Path | None = None
+    step_loss: float = 0.0  # this optimizer step's loss so far, averaged over processes and micro-batches
+    step_start: float = 0.0  # when the current optimizer step began (for img/s)
+    progress_bar: tqdm | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.args.output_dir)
+
+    @property
+    def total_batch_size(self) -> int:
+        return self.args.train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
+
+
+def make_accelerator(args: argparse.Namespace) -> Accelerator:
+    """The run's `Accelerator`: processes, mixed precision, gradient accumulation, tracker and seeded data order."""
+    output_dir = Path(args.output_dir)
+    return Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
+        ),
+        # Epoch e's permutation is drawn from seed + e, the same on every process (Accelerate shards it).
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+    )
+
+
+def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> None:
+    """Create `--output_dir`, refusing to silently mix a new run into an old run's checkpoints."""
+    output_dir = Path(args.output_dir)
+    if list_checkpoints(output_dir) and args.resume_from_checkpoint is None and not args.overwrite_output_dir:
+        raise ValueError(
+            f"--output_dir {str(output_dir)!r} already holds checkpoints "
+            f"({', '.join(p.name for p in list_checkpoints(output_dir))}); pass --resume_from_checkpoint "
+            f"latest to continue that run or --overwrite_output_dir to start afresh."
+        )
+    accelerator.wait_for_everyone()  # every rank has looked before the main process deletes anything
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_incomplete_checkpoints(output_dir)
+        if args.overwrite_output_dir and args.resume_from_checkpoint is None:
+            for path in list_checkpoints(output_dir):
+                shutil.rmtree(path)
+    accelerator.wait_for_everyone()
+
+
+def _grid_scheduler(noise_scheduler: DDPMScheduler) -> DDIMScheduler:
+    # DDIM (η = 0) for quick grids; the pipeline passes DDIM only a learned variance's prediction half.
+    return DDIMScheduler.from_config(noise_scheduler.config)
+
+
+def build_components(
+    accelerator: Accelerator, args: argparse.Namespace
+) -> tuple[DDPMUNet2DModel, DDPMScheduler, EMAModel | None]:
+    """The UNet (seeded, so every process and run starts from the same weights), the noise scheduler and the EMA."""
+    set_seed(args.seed)
+    unet = build_unet(args.model_config, args.resolution, args.variance_type)
+    if use_channels_last(args, accelerator.mixed_precision):
+        unet.to(memory_format=torch.channels_last)  # the same weights and numbers; the EMA copies keep the layout
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()  # recompute each block in backward: less memory, more compute
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+        variance_type=args.variance_type,
+    )
+    ema_model = None
+    if args.use_ema:
+        ema_model = EMAModel(
+            unet.parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,  # decay = 1 - (1 + n / inv_gamma)^-power, capped at --ema_max_decay
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=DDPMUNet2DModel,
+            model_config=unet.config,
+        )
+        ema_model.to(accelerator.device)
+    register_checkpoint_hooks(accelerator, DDPMUNet2DModel, ema_model)
+    return unet, noise_scheduler, ema_model
+
+
+def build_dataloader(
+    accelerator: Accelerator, args: argparse.Namespace, unet: DDPMUNet2DModel, dataset=None
+) -> torch.utils.data.DataLoader:
+    """The prepared loader of this process's share of each epoch, from `dataset` or the flags' data source."""
+    check_resolution(args.resolution, unet.num_downsamplings)
+    if dataset is None:
+        with accelerator.main_process_first():  # the main process downloads/prepares, the others read its cache
+            dataset = load_image_dataset(
+                args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir, seed=args.seed
+            )
+    transform = make_transform(
+        args.resolution, unet.config.in_channels, center_crop=args.center_crop, random_flip=use_random_flip(args)
+    )
+    dataloader = torch.utils.data.DataLoader(
+        AugmentedImages(dataset, transform, seed=args.seed),
+        batch_size=args.train_batch_size,
+        shuffle=True,
+        num_workers=args.dataloader_num_workers,
+    )
+    return accelerator.prepare(dataloader)
+
+
+def build_optimizer(
+    accelerator: Accelerator, args: argparse.Namespace, unet: DDPMUNet2DModel, max_train_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW and its LR schedule (the paper: Adam 2e-4, linear warm-up over 5000 steps, then constant)."""
+    optimizer = adamw(
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+        implementation=args.adam_implementation,
+    )
+    # A prepared LR scheduler steps once per process at each optimizer step, hence the factor: the flags count
+    # optimizer steps.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=max_train_steps * accelerator.num_processes,
+    )
+    return optimizer, lr_scheduler
+
+
+def resume(run: TrainingRun) -> None:
+    """Load `--resume_from_checkpoint` (weights, EMA, optimizer, LR schedule, RNG) and its step, if there is one."""
+    checkpoint = resolve_checkpoint(run.output_dir, run.args.resume_from_checkpoint)
+    if checkpoint is not None:
+        run.accelerator.print(f"Resuming from {checkpoint}")
+        run.accelerator.load_state(str(checkpoint))
+        run.global_step = checkpoint_step(checkpoint)
+    elif run.args.resume_from_checkpoint is not None:
+        run.accelerator.print(f"No checkpoint in {str(run.output_dir)!r}; starting a new run.")
+    run.last_checkpoint = checkpoint
+
+
+def check_sample_grids(run: TrainingRun) -> None:
+    """
+    Fail now, on every process, if a sample grid this run will draw cannot be drawn: the grid sampler owns the
+    bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than the first grid failing
+    hours into training on the main process alone.
+    """
+    save_images_steps = run.args.save_images_steps
+    if run.max_train_steps // save_images_steps > run.global_step // save_images_steps:
+        _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+
+
+def start_progress(run: TrainingRun) -> None:
+    """Print the plan of the run, open the progress bar and start the step clock."""
+    args, accelerator = run.args, run.accelerator
+    num_epochs = math.ceil(run.max_train_steps / run.steps_per_epoch)
+    accelerator.print(
+        f"{len(run.dataloader.dataset)} images, {num_epochs} epochs, {run.max_train_steps} steps of "
+        f"{run.total_batch_size} images ({accelerator.num_processes} processes × {args.train_batch_size} × "
+        f"{args.gradient_accumulation_steps} accumulated), from step {run.global_step}."
+    )
+    run.progress_bar = tqdm(
+        total=run.max_train_steps, initial=run.global_step, disable=not accelerator.is_main_process, desc="train"
+    )
+    run.step_start = time.perf_counter()
+
+
+def epoch_batches(run: TrainingRun, epoch: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """`(batch_index, x_0)` of `epoch`, skipping the batches a resumed run already trained on."""
+    run.unet.train()
+    run.dataloader.set_epoch(epoch)  # the epoch's permutation and augmentations
+    skip = 0
+    if epoch == run.global_step // run.steps_per_epoch:
+        skip = (run.global_step % run.steps_per_epoch) * run.args.gradient_accumulation_steps
+    loader = run.accelerator.skip_first_batches(run.dataloader, skip) if skip else run.dataloader
+    return enumerate(loader, start=skip)
+
+
+def _gathered_losses(run: TrainingRun, loss: torch.Tensor, epoch: int, batch_index: int) -> list[float]:
+    # Every process sees every process's loss, so all stop together, and before a non-finite loss can reach the
+    # weights (or a checkpoint). One host transfer per micro-batch: the check and the logged mean both read it.
+    losses = run.accelerator.gather(loss.detach().reshape(1)).tolist()
+    if not all(math.isfinite(value) for value in losses):
+        run.accelerator.end_training()  # flush the logs up to the last good step
+        last = str(run.last_checkpoint) if run.last_checkpoint else "none (no checkpoint was saved yet)"
+        raise FloatingPointError(
+            f"The loss is {losses} (not finite) at step {run.global_step + 1} (epoch {epoch}, batch {batch_index}); "
+            f"training stopped. The last good checkpoint is {last}: resume from it with a lower --learning_rate or "
+            f"--mixed_precision no."
+        )
+    return losses
+
+
+def train_step(run: TrainingRun, clean_images: torch.Tensor, epoch: int, batch_index: int) -> None:
+    """One micro-batch of Algorithm 1: t ~ U{1..T}, ε ~ N(0, I), a gradient step on the loss once accumulated."""
+    args, accelerator, noise_scheduler = run.args, run.accelerator, run.noise_scheduler
+    # t, ε and the dropout masks of this micro-batch depend only on where it is (see module docstring).
+    torch.manual_seed(seed_from(args.seed, accelerator.process_index, epoch, batch_index))
+    noise = torch.randn_like(clean_images)
+    timesteps = torch.randint(
+        0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
+    )
+    noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # eq. 4
+
+    with accelerator.accumulate(run.unet):
+        model_output = run.unet(noisy_images, timesteps).sample
+        loss = diffusion_loss(
+            model_output,
+            noise_scheduler,
+            clean_images,
+            noise,
+            noisy_images,
+            timesteps,
+            loss_type=args.loss_type,
+            vlb_weight=args.vlb_weight,
+        )["loss"]
+        losses = _gathered_losses(run, loss, epoch, batch_index)
+        run.step_loss += sum(losses) / len(losses) / args.gradient_accumulation_steps
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(run.unet.parameters(), args.max_grad_norm)
+        run.optimizer.step()
+        run.lr_scheduler.step()
+        run.optimizer.zero_grad()
+
+
+def log_step(run: TrainingRun) -> None:
+    """Log the finished optimizer step's loss, LR, throughput (and EMA decay) to the progress bar and trackers."""
+    logs = {
+        "loss": run.step_loss,
+        "lr": run.lr_scheduler.get_last_lr()[0],
+        "img/s": run.total_batch_size / max(time.perf_counter() - run.step_start, 1e-9),
+    }
+    if run.ema_model is not None:
+        logs["ema_decay"] = run.ema_model.cur_decay_value
+    run.progress_bar.update(1)
+    run.progress_bar.set_postfix(loss=f"{run.step_loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['img/s']:.1f}")
+    run.accelerator.log(logs, step=run.global_step)
+    run.step_loss = 0.0
+
+
+def maybe_checkpoint(run: TrainingRun) -> None:
+    """Save a checkpoint every `--checkpointing_steps` steps and at the last step."""
+    if run.global_step % run.args.checkpointing_steps == 0 or run.global_step == run.max_train_steps:
+        run.last_checkpoint = save_checkpoint(
+            run.accelerator, run.output_dir, run.global_step, run.args.checkpoints_total_limit
+        )
+
+
 @torch.no_grad()
-def _sample_grid(pipeline: DDPMPipeline, args: argparse.Namespace):
+def sample_grid(run: TrainingRun) -> Image.Image:
+    """A grid of `--eval_batch_size` samples from the current (EMA) weights, with DDIM."""
+    unet = run.accelerator.unwrap_model(run.unet)
+    unet.eval()
+    if run.ema_model is not None:
+        run.ema_model.store(unet.parameters())
+        run.ema_model.copy_to(unet.parameters())
+    pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler))
+    pipeline.set_progress_bar_config(disable=True)
     # Same seed every time, so successive grids show the same x_T's getting better.
-    generator = torch.Generator(device=pipeline.device).manual_seed(args.seed)
     images = pipeline(
-        batch_size=args.eval_batch_size,
-        generator=generator,
-        num_inference_steps=args.num_inference_steps,
+        batch_size=run.args.eval_batch_size,
+        generator=torch.Generator(device=pipeline.device).manual_seed(run.args.seed),
+        num_inference_steps=run.args.num_inference_steps,
         output_type="pil",
     ).images
+    if run.ema_model is not None:
+        run.ema_model.restore(unet.parameters())
+    unet.train()
     rows = int(math.sqrt(len(images)))
     while len(images) % rows:
         rows -= 1
     return make_image_grid(images, rows=rows, cols=len(images) // rows)
+
+
+def maybe_save_sample_grid(run: TrainingRun) -> None:
+    """Every `--save_images_steps` steps, save a sample grid to `samples/` and log it (main process only)."""
+    if not run.accelerator.is_main_process or run.global_step % run.args.save_images_steps:
+        return
+    grid = sample_grid(run)
+    samples_dir = run.output_dir / "samples"
+    samples_dir.mkdir(exist_ok=True)
+    grid.save(samples_dir / f"step-{run.global_step:07d}.png")
+    for tracker in run.accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({"samples": np.asarray(grid)[None]}, step=run.global_step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            tracker.log_images({"samples": [grid]}, step=run.global_step)
+
+
+def save_and_push(run: TrainingRun) -> None:
+    """Save the pipeline with the EMA weights (what the paper samples from) and its model card; push if asked."""
+    args, accelerator = run.args, run.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final_unet = accelerator.unwrap_model(run.unet)
+        if run.ema_model is not None:
+            run.ema_model.copy_to(final_unet.parameters())
+        pipeline = DDPMPipeline(unet=final_unet, scheduler=run.noise_scheduler)
+        pipeline.save_pretrained(run.output_dir)
+        training_args = {**_hparams(args), "global_step": run.global_step, "num_processes": accelerator.num_processes}
+        if args.model_config in DDPMUNet2DModel.presets():
+            training_args["preset"] = args.model_config
+        write_model_card(
+            run.output_dir,
+            pipeline,
+            training_args=training_args,
+            repo_id=args.hub_model_id if args.push_to_hub else None,
+            datasets=[args.dataset_name] if args.dataset_name else None,
+        )
+        if args.push_to_hub:
+            pipeline.push_to_hub(
+                args.hub_model_id or run.output_dir.resolve().name,
+                token=args.hub_token,
+                private=args.hub_private_repo,
+                training_args=training_args,
+            )
+    accelerator.wait_for_everyone()
 
 
 def train(args: argparse.Namespace, dataset=None) -> Path:
@@ -201,251 +479,49 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
         `FloatingPointError`: when the loss becomes NaN or infinite; the last checkpoint is left intact.
     """
     validate_args(args)
-    output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=None if args.logger == "none" else args.logger,
-        project_config=ProjectConfiguration(
-            project_dir=str(output_dir), logging_dir=str(output_dir / args.logging_dir)
-        ),
-        # Epoch e's permutation is drawn from seed + e, the same on every process (Accelerate shards it).
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-    )
-    is_main = accelerator.is_main_process
-
-    # --- The output folder: never silently mix a new run into an old run's checkpoints. -------------------------
-    if list_checkpoints(output_dir) and args.resume_from_checkpoint is None and not args.overwrite_output_dir:
-        raise ValueError(
-            f"--output_dir {str(output_dir)!r} already holds checkpoints "
-            f"({', '.join(p.name for p in list_checkpoints(output_dir))}); pass --resume_from_checkpoint "
-            f"latest to continue that run or --overwrite_output_dir to start afresh."
-        )
-    accelerator.wait_for_everyone()  # every rank has looked before the main process deletes anything
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_incomplete_checkpoints(output_dir)
-        if args.overwrite_output_dir and args.resume_from_checkpoint is None:
-            for path in list_checkpoints(output_dir):
-                shutil.rmtree(path)
-    accelerator.wait_for_everyone()
-
-    # --- Model, noise scheduler, EMA. ---------------------------------------------------------------------------
-    set_seed(args.seed)  # the same initial weights on every process and in every run
-    unet = build_unet(args.model_config, args.resolution, args.variance_type)
-    if use_channels_last(args, accelerator.mixed_precision):
-        unet.to(memory_format=torch.channels_last)  # the same weights and numbers; the EMA copies keep the layout
-    if args.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()  # recompute each block in backward: less memory, about 1/3 more compute
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=args.num_train_timesteps,
-        beta_schedule=args.beta_schedule,
-        prediction_type=args.prediction_type,
-        variance_type=args.variance_type,
-    )
-    ema_model = None
-    if args.use_ema:
-        ema_model = EMAModel(
-            unet.parameters(),
-            decay=args.ema_max_decay,
-            use_ema_warmup=True,  # decay = 1 - (1 + n / inv_gamma)^-power, capped at --ema_max_decay
-            inv_gamma=args.ema_inv_gamma,
-            power=args.ema_power,
-            model_cls=DDPMUNet2DModel,
-            model_config=unet.config,
-        )
-        ema_model.to(accelerator.device)
-    register_checkpoint_hooks(accelerator, DDPMUNet2DModel, ema_model)
-
-    # --- Data. ----------------------------------------------------------------------------------------------------
-    check_resolution(args.resolution, unet.num_downsamplings)
-    if dataset is None:
-        with accelerator.main_process_first():  # the main process downloads/prepares, the others read its cache
-            dataset = load_image_dataset(
-                args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir, seed=args.seed
-            )
-    transform = make_transform(
-        args.resolution, unet.config.in_channels, center_crop=args.center_crop, random_flip=use_random_flip(args)
-    )
-    train_dataloader = torch.utils.data.DataLoader(
-        AugmentedImages(dataset, transform, seed=args.seed),
-        batch_size=args.train_batch_size,
-        shuffle=True,
-        num_workers=args.dataloader_num_workers,
-    )
-
-    # --- Optimizer and LR schedule (the paper: Adam 2e-4, linear warm-up over 5000 steps, then constant). --------
-    optimizer = adamw(
-        unet.parameters(),
-        lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay,
-        eps=args.adam_epsilon,
-        implementation=args.adam_implementation,
-    )
-    # The prepared loader holds this process's share of each epoch; its length sets the steps per epoch.
-    train_dataloader = accelerator.prepare(train_dataloader)
-    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * num_update_steps_per_epoch
-    num_epochs = math.ceil(max_train_steps / num_update_steps_per_epoch)
-    # A prepared LR scheduler steps once per process at each optimizer step, hence the factor: the flags count
-    # optimizer steps.
-    lr_scheduler = get_scheduler(
-        args.lr_scheduler,
-        optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
-    )
+    accelerator = make_accelerator(args)
+    prepare_output_dir(accelerator, args)
+    unet, noise_scheduler, ema_model = build_components(accelerator, args)
+    dataloader = build_dataloader(accelerator, args, unet, dataset)
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
+    optimizer, lr_scheduler = build_optimizer(accelerator, args, unet, max_train_steps)
     unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-
-    accelerator.init_trackers(output_dir.name or "train", config=_hparams(args))
-
-    # --- Resume. ------------------------------------------------------------------------------------------------
-    global_step = 0
-    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
-    if checkpoint is not None:
-        accelerator.print(f"Resuming from {checkpoint}")
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-    elif args.resume_from_checkpoint is not None:
-        accelerator.print(f"No checkpoint in {str(output_dir)!r}; starting a new run.")
-    first_epoch = global_step // num_update_steps_per_epoch
-    batches_done_in_epoch = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
-    last_checkpoint = checkpoint
-
-    total_batch_size = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    accelerator.print(
-        f"{len(dataset)} images, {num_epochs} epochs, {max_train_steps} steps of {total_batch_size} images "
-        f"({accelerator.num_processes} processes × {args.train_batch_size} × {args.gradient_accumulation_steps} "
-        f"accumulated), from step {global_step}."
+    run = TrainingRun(
+        args=args,
+        accelerator=accelerator,
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        ema_model=ema_model,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        dataloader=dataloader,
+        steps_per_epoch=steps_per_epoch,
+        max_train_steps=max_train_steps,
     )
-    progress_bar = tqdm(total=max_train_steps, initial=global_step, disable=not is_main, desc="train")
-    step_loss, step_start = 0.0, time.perf_counter()
+    accelerator.init_trackers(run.output_dir.name or "train", config=_hparams(args))
+    resume(run)
+    check_sample_grids(run)
+    start_progress(run)
 
-    # --- Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }. --------------
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= max_train_steps:
+    # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }.
+    for epoch in range(run.global_step // steps_per_epoch, math.ceil(max_train_steps / steps_per_epoch)):
+        if run.global_step >= max_train_steps:
             break
-        unet.train()
-        train_dataloader.set_epoch(epoch)  # the epoch's permutation and augmentations
-        skip = batches_done_in_epoch if epoch == first_epoch else 0
-        epoch_loader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
-        for batch_index, clean_images in enumerate(epoch_loader, start=skip):
-            # t, ε and the dropout masks of this micro-batch depend only on where it is (see module docstring).
-            torch.manual_seed(_seed_from(args.seed, accelerator.process_index, epoch, batch_index))
-            noise = torch.randn_like(clean_images)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
-            )
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # eq. 4
-
-            with accelerator.accumulate(unet):
-                model_output = unet(noisy_images, timesteps).sample
-                losses = diffusion_loss(
-                    model_output,
-                    noise_scheduler,
-                    clean_images,
-                    noise,
-                    noisy_images,
-                    timesteps,
-                    loss_type=args.loss_type,
-                    vlb_weight=args.vlb_weight,
-                )
-                loss = losses["loss"]
-                # Every process sees every process's loss, so all stop together, and before a non-finite loss can
-                # reach the weights (or a checkpoint).
-                all_losses = accelerator.gather(loss.detach().reshape(1))
-                if not torch.isfinite(all_losses).all():
-                    accelerator.end_training()  # flush the logs up to the last good step
-                    raise FloatingPointError(
-                        f"The loss is {all_losses.tolist()} (not finite) at step {global_step + 1} (epoch {epoch}, "
-                        f"batch {batch_index}); training stopped. The last good checkpoint is "
-                        f"{str(last_checkpoint) if last_checkpoint else 'none (no checkpoint was saved yet)'}: "
-                        f"resume from it with a lower --learning_rate or --mixed_precision no."
-                    )
-                step_loss += all_losses.mean().item() / args.gradient_accumulation_steps
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-
+        for batch_index, clean_images in epoch_batches(run, epoch):
+            train_step(run, clean_images, epoch, batch_index)
             if not accelerator.sync_gradients:
                 continue
-            # --- One optimizer step done. ------------------------------------------------------------------------
             if ema_model is not None:
                 ema_model.step(unet.parameters())
-            global_step += 1
-            now = time.perf_counter()
-            logs = {
-                "loss": step_loss,
-                "lr": lr_scheduler.get_last_lr()[0],
-                "img/s": total_batch_size / max(now - step_start, 1e-9),
-            }
-            if ema_model is not None:
-                logs["ema_decay"] = ema_model.cur_decay_value
-            progress_bar.update(1)
-            progress_bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{logs['lr']:.2e}", img_s=f"{logs['img/s']:.1f}")
-            accelerator.log(logs, step=global_step)
-            step_loss = 0.0
-
-            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                last_checkpoint = save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-
-            if is_main and global_step % args.save_images_steps == 0:
-                unwrapped = accelerator.unwrap_model(unet)
-                unwrapped.eval()
-                if ema_model is not None:
-                    ema_model.store(unwrapped.parameters())
-                    ema_model.copy_to(unwrapped.parameters())
-                # DDIM (η = 0) for quick grids; the pipeline passes DDIM only a learned variance's prediction half.
-                grid_scheduler = DDIMScheduler.from_config(noise_scheduler.config)
-                pipeline = DDPMPipeline(unet=unwrapped, scheduler=grid_scheduler)
-                pipeline.set_progress_bar_config(disable=True)
-                grid = _sample_grid(pipeline, args)
-                if ema_model is not None:
-                    ema_model.restore(unwrapped.parameters())
-                unwrapped.train()
-                samples_dir = output_dir / "samples"
-                samples_dir.mkdir(exist_ok=True)
-                grid.save(samples_dir / f"step-{global_step:07d}.png")
-                for tracker in accelerator.trackers:
-                    if tracker.name == "tensorboard":
-                        tracker.log_images({"samples": np.asarray(grid)[None]}, step=global_step, dataformats="NHWC")
-                    elif tracker.name == "wandb":
-                        tracker.log_images({"samples": [grid]}, step=global_step)
-
-            step_start = time.perf_counter()
-            if global_step >= max_train_steps:
+            run.global_step += 1
+            log_step(run)
+            maybe_checkpoint(run)
+            maybe_save_sample_grid(run)
+            run.step_start = time.perf_counter()
+            if run.global_step >= max_train_steps:
                 break
-    progress_bar.close()
-
-    # --- The pipeline, with the EMA weights (what the paper samples from), and its model card. -------------------
-    accelerator.wait_for_everyone()
-    if is_main:
-        final_unet = accelerator.unwrap_model(unet)
-        if ema_model is not None:
-            ema_model.copy_to(final_unet.parameters())
-        pipeline = DDPMPipeline(unet=final_unet, scheduler=noise_scheduler)
-        pipeline.save_pretrained(output_dir)
-        training_args = {**_hparams(args), "global_step": global_step, "num_processes": accelerator.num_processes}
-        if args.model_config in DDPMUNet2DModel.presets():
-            training_args["preset"] = args.model_config
-        write_model_card(
-            output_dir,
-            pipeline,
-            training_args=training_args,
-            repo_id=args.hub_model_id if args.push_to_hub else None,
-            datasets=[args.dataset_name] if args.dataset_name else None,
-        )
-        if args.push_to_hub:
-            pipeline.push_to_hub(
-                args.hub_model_id or output_dir.resolve().name,
-                token=args.hub_token,
-                private=args.hub_private_repo,
-                training_args=training_args,
-            )
-    accelerator.wait_for_everyone()
+    run.progress_bar.close()
+    save_and_push(run)
     accelerator.end_training()
-    return output_dir
+    return Path(args.output_dir)

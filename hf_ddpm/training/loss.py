@@ -11,9 +11,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from hf_ddpm.schedulers import PREDICTION_TYPES
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
 
-__all__ = ["diffusion_loss", "training_target"]
+__all__ = ["LOSS_TYPES", "diffusion_loss", "training_target"]
+
+LOSS_TYPES = ("simple", "hybrid")
 
 
 def training_target(
@@ -42,10 +45,7 @@ def training_target(
         return clean_images
     if prediction_type == "v_prediction":
         return scheduler.get_velocity(clean_images, noise, timesteps)
-    raise ValueError(
-        f"scheduler.config.prediction_type must be one of ['epsilon', 'sample', 'v_prediction'], "
-        f"got {prediction_type!r}."
-    )
+    raise ValueError(f"scheduler.config.prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
 
 
 def diffusion_loss(
@@ -84,8 +84,8 @@ def diffusion_loss(
         `dict[str, torch.Tensor]`: `"loss"` (the scalar to minimize), `"mse"` (L_simple), and for the hybrid loss
         `"vlb"` (the batch mean of L_t in bits per dimension).
     """
-    if loss_type not in ("simple", "hybrid"):
-        raise ValueError(f"loss_type must be one of ['simple', 'hybrid'], got {loss_type!r}.")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {list(LOSS_TYPES)}, got {loss_type!r}.")
     channels = clean_images.shape[1]
     learned_variance = scheduler.config.variance_type in LEARNED_VARIANCE_TYPES
     if learned_variance:

@@ -1,14 +1,22 @@
 """push_to_hub and loading from a repo id, with huggingface_hub's real client against the local Hub (tests/conftest.py)."""
 
+import getpass
+import json
 import os
+import re
+import socket
 import textwrap
+from pathlib import Path
 
 import diffusers
 import pytest
 import torch
-from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from huggingface_hub import CommitInfo, HfApi, ModelCard, hf_hub_download, snapshot_download
+from PIL import Image
 
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+from hf_ddpm.pipelines.hub import upload_pipeline_folder
+from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
@@ -25,29 +33,52 @@ def pushed(hub_server, hub_repo_id, ddpm_pipe, tmp_path):
     return hub_repo_id, commit
 
 
-def test_push_to_hub_uploads_the_loadable_folder_and_a_model_card(pushed, hub_server, tmp_path):
+def hf_ddpm_modules(index: dict) -> list[str]:
+    """The re-export modules a custom-component `model_index.json` points at (none for diffusers' own layout)."""
+    modules = [f"{index['_class_name'][0]}.py"] if isinstance(index["_class_name"], list) else []
+    for name, entry in index.items():
+        if not name.startswith("_") and entry[0] not in ("diffusers", None):
+            modules.append(f"{name}/{entry[0]}.py")
+    return modules
+
+
+def test_push_to_hub_uploads_the_loadable_folder_a_model_card_and_a_sample_grid(pushed, hub_server, tmp_path):
     repo_id, commit = pushed
     info = HfApi().model_info(repo_id)
     assert info.sha == commit.oid
     files = {s.rfilename for s in info.siblings}
-    # diffusers' own layout: no code, no pickle.
-    assert files - {".gitattributes"} == {
+    index = json.loads(open(hf_hub_download(repo_id, "model_index.json"), encoding="utf-8").read())
+    assert {
         "README.md",
         "model_index.json",
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
         "scheduler/scheduler_config.json",
-    }
+        "images/samples.png",
+        *hf_ddpm_modules(index),
+    } <= files
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    assert hf_ddpm_modules(index) == []  # diffusers' own layout: no code to trust
     # Weights went through the LFS protocol, as on the real Hub.
     assert hub_server.file_entry(repo_id, "unet/diffusion_pytorch_model.safetensors").lfs_sha256
 
     card = open(hf_hub_download(repo_id, "README.md"), encoding="utf-8").read()
     assert f'DDPMPipeline.from_pretrained("{repo_id}")' in card
-    assert f'DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)' in card
+    remote = f'DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)' in card
+    assert remote == bool(hf_ddpm_modules(index))  # remote code exactly when the layout needs it
     assert "| learning_rate | 0.0002 |" in card and "| fid | 99.5 |" in card
     assert ModelCard(card).data.datasets == ["ylecun/mnist"]  # the local dataset path was dropped
+    assert ModelCard(card).data.license is None  # none was given
     assert os.environ["HF_TOKEN"] not in card
     assert str(tmp_path) not in card and os.environ["HF_HOME"] not in card and "/tmp" not in card
+
+
+def test_push_to_hub_prints_the_repo_url_and_returns_the_commit(hub_server, hub_repo_id, ddpm_pipe, capsys):
+    commit = ddpm_pipe.push_to_hub(hub_repo_id, sample_grid=False, license="mit")
+    assert isinstance(commit, CommitInfo) and commit.oid == HfApi().model_info(hub_repo_id).sha
+    assert f"{hub_server.endpoint}/{hub_repo_id}" in capsys.readouterr().out
+    assert "images/samples.png" not in HfApi().list_repo_files(hub_repo_id)
+    assert ModelCard.load(hub_repo_id).data.license == "mit"
 
 
 def test_hf_ddpm_from_pretrained_of_a_repo_id_gives_same_classes_and_images(pushed, ddpm_pipe, images_of, quiet):
@@ -108,10 +139,30 @@ def test_fresh_process_with_an_empty_cache_loads_the_repo_both_ways(
     torch.testing.assert_close(torch.load(tmp_path / "stock.pt"), expected, atol=2e-5, rtol=0)
 
 
+def python_blocks(text: str) -> list[str]:
+    return [block.split("```")[0] for block in text.split("```python\n")[1:]]
+
+
+def test_the_cards_snippets_run_as_written(pushed, hub_server, hub_repo_id, ddpm_pipe, tmp_path):
+    # Both layouts: what push_to_hub writes, and diffusers' own layout (stock classes only).
+    stock_repo = hub_repo_id + "-stock"
+    ddpm_pipe.to_diffusers().save_pretrained(tmp_path / "stock")
+    upload_pipeline_folder(ddpm_pipe, tmp_path / "stock", stock_repo, sample_grid=False)
+    for repo_id in (pushed[0], stock_repo):
+        blocks = python_blocks(Path(hf_hub_download(repo_id, "README.md")).read_text(encoding="utf-8"))
+        assert len(blocks) == 2  # load with diffusers; hf_ddpm's extras
+        for code in blocks:
+            namespace = {}
+            exec(compile(code, f"{repo_id}/README.md", "exec"), namespace)
+            assert len(namespace["images"]) == 4
+        assert len(namespace["frames"]) == 8
+
+
 def test_save_pretrained_with_push_to_hub_uploads_too(hub_server, hub_repo_id, ddpm_pipe, tmp_path):
     ddpm_pipe.save_pretrained(tmp_path, push_to_hub=True, repo_id=hub_repo_id)
     files = set(HfApi().list_repo_files(hub_repo_id))
-    assert {"README.md", "model_index.json", "unet/config.json", "scheduler/scheduler_config.json"} <= files
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert {"README.md", "model_index.json", "unet/config.json", *hf_ddpm_modules(index)} <= files
 
 
 def test_save_pretrained_with_push_to_hub_refuses_an_unknown_option_before_writing(ddpm_pipe, tmp_path):
@@ -146,3 +197,108 @@ def test_repo_with_only_pickled_weights_is_refused_before_download(
     assert type(loaded.unet) is DDPMUNet2DModel
     fetched = [r.path for r in hub_server.request_log if f"/{hub_repo_id}/resolve/" in r.path]
     assert any(path.endswith("unet/diffusion_pytorch_model.bin") for path in fetched)
+
+
+# ------------------------------------------------------------------------------------ pushes of a trained folder
+TRAINING_ARGS = {
+    "learning_rate": 2e-4,
+    "use_ema": False,
+    "ema_max_decay": 0.9999,
+    "max_train_steps": 5000,
+    "global_step": 2,
+    "train_data_dir": "/home/someone/faces",
+    "num_train_images": 120,
+    "eval_batch_size": 4,
+    "num_inference_steps": 10,
+    "seed": 0,
+}
+
+
+@pytest.fixture
+def trained_folder(ddpm_pipe, tmp_path):
+    """A folder as training leaves it: the pipeline, its card and summary, sample grids, a checkpoint and logs."""
+    folder = tmp_path / "run"
+    ddpm_pipe.save_pretrained(folder)
+    (folder / "samples").mkdir()
+    Image.new("RGB", (16, 16), "red").save(folder / "samples" / "step-0000002.png")
+    (folder / "checkpoint-2").mkdir()
+    (folder / "checkpoint-2" / "optimizer.bin").write_bytes(b"state")
+    (folder / "logs").mkdir()
+    (folder / "logs" / f"events.out.tfevents.1.{socket.gethostname()}").write_bytes(b"log")
+    write_model_card(folder, ddpm_pipe, training_args=TRAINING_ARGS)
+    return folder
+
+
+def assert_card_renders(repo_id: str) -> str:
+    """The pushed README.md: valid front matter, and every image it shows is a file of the repo."""
+    path = hf_hub_download(repo_id, "README.md")
+    ModelCard.load(path)  # raises on front matter that is not valid YAML
+    text = Path(path).read_text(encoding="utf-8")
+    links = [part.split(")")[0] for part in text.split("![samples](")[1:]]
+    assert links and set(links) <= set(HfApi().list_repo_files(repo_id))
+    return text
+
+
+def test_pushing_a_trained_folder_again_keeps_its_table_data_and_grid(hub_server, hub_repo_id, trained_folder):
+    DDPMPipeline.from_pretrained(trained_folder).push_to_hub(hub_repo_id)
+    card = assert_card_renders(hub_repo_id)
+    assert "| learning_rate | 0.0002 |" in card and "| global_step | 2 |" in card
+    assert "ema_max_decay" not in card and "max_train_steps" not in card  # EMA was off; the maximum did not run
+    assert "Trained on an image folder of 120 images." in card
+    grid = Path(hf_hub_download(hub_repo_id, "images/samples.png")).read_bytes()
+    assert grid == (trained_folder / "samples" / "step-0000002.png").read_bytes()  # training's grid, none drawn
+
+
+def test_upload_of_a_training_folder_leaves_checkpoints_logs_and_grids_local(
+    hub_server, hub_repo_id, ddpm_pipe, trained_folder
+):
+    upload_pipeline_folder(ddpm_pipe, trained_folder, hub_repo_id)
+    files = HfApi().list_repo_files(hub_repo_id)
+    assert "training_summary.json" in files and "images/samples.png" in files
+    assert not any(f.startswith(("checkpoint-", "logs/", "samples/")) for f in files)
+    assert "| global_step | 2 |" in assert_card_renders(hub_repo_id)
+
+
+def test_a_hand_written_readme_is_uploaded_as_it_is(hub_server, hub_repo_id, ddpm_pipe, tmp_path):
+    ddpm_pipe.save_pretrained(tmp_path)
+    (tmp_path / "README.md").write_text("---\nlicense: mit\n---\n# My model\n")
+    upload_pipeline_folder(ddpm_pipe, tmp_path, hub_repo_id)
+    assert Path(hf_hub_download(hub_repo_id, "README.md")).read_text() == "---\nlicense: mit\n---\n# My model\n"
+
+
+def test_upload_of_a_folder_without_a_pipeline_is_refused_before_any_call(
+    hub_server, hub_repo_id, ddpm_pipe, tmp_path
+):
+    with pytest.raises(ValueError, match="holds no model_index.json"):
+        upload_pipeline_folder(ddpm_pipe, tmp_path, hub_repo_id)
+    assert not HfApi().repo_exists(hub_repo_id)
+
+
+def test_nothing_local_or_secret_reaches_any_pushed_file(hub_server, hub_repo_id, trained_folder, tmp_path):
+    token = "push-token-" + "q" * 30  # the local Hub accepts any token; not token-shaped, so only known by value
+    pipe = DDPMPipeline.from_pretrained(trained_folder)  # diffusers records the folder as _name_or_path
+    note = f"token hf_abcdefghijklmnopqrstuvwxyz, pushed with {token} from {trained_folder}"
+    note += f" by {getpass.getuser()} on {socket.gethostname()}"
+    pipe.push_to_hub(hub_repo_id, token=token, training_args={**TRAINING_ARGS, "note": note})
+
+    local = snapshot_download(hub_repo_id, cache_dir=tmp_path / "download")
+    secrets = [str(trained_folder), str(tmp_path), "/home/someone", token, "hf_abcdefghijklm", os.environ["HF_TOKEN"]]
+    patterns = [re.escape(s) for s in secrets]
+    # This machine's names as words: a short host name ("vm") may be part of an ordinary word.
+    patterns += [
+        rf"(?<![A-Za-z0-9]){re.escape(name)}(?![A-Za-z0-9])" for name in (getpass.getuser(), socket.gethostname())
+    ]
+    files = [p for p in Path(local).rglob("*") if p.is_file()]
+    assert {"README.md", "training_summary.json", "model_index.json", "unet/config.json"} <= {
+        p.relative_to(local).as_posix() for p in files
+    }
+    for path in files:
+        data = path.read_bytes()
+        if path.suffix == ".png":
+            continue
+        if path.suffix == ".safetensors":  # weights are numbers; only the JSON header is text
+            data = data[8 : 8 + int.from_bytes(data[:8], "little")]
+        text = data.decode("utf-8")
+        for pattern in patterns:
+            assert not re.search(pattern, text), f"{path.relative_to(local)} matches {pattern!r}"
+    assert "[redacted]" in Path(local, "README.md").read_text()

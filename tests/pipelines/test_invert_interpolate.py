@@ -1,18 +1,20 @@
 """DDIM encoding (DDIM §4.3, Table 2) and slerp interpolation (DDIM §5.3)."""
 
 import math
+import warnings
 
 import numpy as np
 import PIL.Image
 import pytest
 import torch
+from closed_form import ClosedFormOutput, GaussianEpsModel
 
-from hf_ddpm.pipelines.pipeline_ddpm import slerp
+from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline, slerp
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 
 
 def gaussian_data(n, std=0.5, seed=0):
-    """x_0 ~ N(0, std²) per pixel, clipped to [-1, 1] like images (the clip touches 0.005% of pixels at std 0.5)."""
+    """x_0 ~ N(0, std²) per pixel, clipped to [-1, 1] like images (at std 0.5 the clip touches the 4.6% beyond 2σ)."""
     return (std * torch.randn(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))).clamp(-1, 1)
 
 
@@ -63,9 +65,73 @@ def test_invert_accepts_pil_numpy_and_tensors_in_0_1_alike(gaussian_pipe):
 def test_invert_of_a_ddpm_pipeline_uses_ddim_and_leaves_its_scheduler_alone(ddpm_pipe):
     before = ddpm_pipe.scheduler.timesteps.clone()
     x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    latents = ddpm_pipe.invert(x, num_inference_steps=5)
+    with pytest.warns(UserWarning, match="clip_sample=True"):  # DDPMScheduler's default, kept by the DDIM decoder
+        latents = ddpm_pipe.invert(x, num_inference_steps=5)
     assert latents.shape == (1, 3, 8, 8) and torch.isfinite(latents).all()
     torch.testing.assert_close(ddpm_pipe.scheduler.timesteps, before)
+
+
+def test_invert_warns_when_the_scheduler_clips_x0_and_says_how_to_stop_it(gaussian_pipe):
+    x0 = gaussian_data(2)
+    pipe = gaussian_pipe(DDIMScheduler, num_train_timesteps=100, clip_sample=True)
+    with pytest.warns(UserWarning) as record:
+        pipe.invert(x0, num_inference_steps=5, value_range=(-1, 1))
+    message = str(record[0].message)
+    for words in (
+        "clip_sample=True",
+        "clips x̂_0",
+        "DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)",
+    ):
+        assert words in message, message
+    assert record[0].filename == __file__  # points at the caller's line, not at the library
+
+    thresholding = gaussian_pipe(DDIMScheduler, num_train_timesteps=100, clip_sample=False, thresholding=True)
+    with pytest.warns(
+        UserWarning, match=r"thresholding=True.*from_config\(pipe.scheduler.config, thresholding=False\)"
+    ):
+        thresholding.invert(x0, num_inference_steps=5, value_range=(-1, 1))
+
+    unclipped = gaussian_pipe(DDIMScheduler, num_train_timesteps=100, clip_sample=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        unclipped.invert(x0, num_inference_steps=5, value_range=(-1, 1))
+
+
+class BiasedEpsModel(GaussianEpsModel):
+    """The exact ε of Gaussian data times `eps_scale`: a model error of a few percent, such as any trained network
+    has somewhere. x̂_0 = (x_t − √(1 − ᾱ_t) ε̂)/√ᾱ_t multiplies it by up to √(1 − ᾱ_T)/√ᾱ_T ≈ 150 (linear β, T = 1000),
+    so x̂_0 leaves [-1, 1] at high noise, where diffusers' clip_sample=True then clips it."""
+
+    eps_scale = 1.0
+
+    def forward(self, sample, timestep):
+        return ClosedFormOutput(sample=self.eps_scale * super().forward(sample, timestep).sample)
+
+
+def test_clipping_x0_while_decoding_spoils_the_round_trip(quiet):
+    def round_trip_errors(eps_scale):
+        errors = {}
+        for clip_sample in (False, True):
+            scheduler = DDIMScheduler(num_train_timesteps=1000, clip_sample=clip_sample)
+            model = BiasedEpsModel(scheduler.alphas_cumprod.tolist(), std=0.5, sample_size=8, in_channels=3)
+            model.eps_scale = eps_scale
+            pipe = quiet(DDPMPipeline(unet=model, scheduler=scheduler))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the warning this test justifies
+                errors[clip_sample] = [reconstruction_mse(pipe, x0, steps) for steps in (20, 50, 100)]
+        return errors
+
+    x0 = gaussian_data(16)
+    # The exact ε of data in [-1, 1]: x̂_0 = E[x_0 | x_t] never leaves [-1, 1], so clipping changes nothing.
+    exact = round_trip_errors(1.0)
+    assert exact[True] == exact[False]
+    # 5% off: the unclipped round trip still converges as S grows, the clipped one gets worse.
+    # Measured (CPU, float32, 16 images), S = 20/50/100: unclipped 7.0e-4/7.0e-5/1.4e-5, clipped 9.9e-3/2.0e-2/4.0e-2.
+    biased = round_trip_errors(0.95)
+    unclipped, clipped = biased[False], biased[True]
+    assert unclipped[0] > unclipped[1] > unclipped[2]
+    assert clipped[0] < clipped[1] < clipped[2]
+    assert all(c > 10 * u for c, u in zip(clipped, unclipped))
 
 
 @pytest.mark.parametrize(

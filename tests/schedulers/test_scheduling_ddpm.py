@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_ddpm.schedulers.schedule_utils import discretized_gaussian_log_likelihood, normal_kl
+from hf_ddpm.schedulers.gaussian_likelihood import discretized_gaussian_log_likelihood, normal_kl
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
 SHAPE = (4, 3, 8, 8)
@@ -368,17 +368,40 @@ def test_decoder_nll_is_the_discretized_gaussian_at_t0_and_sums_to_one():
     assert nll[k].item() == pytest.approx(-math.log(mass), rel=1e-9)
 
 
-def test_vlb_terms_take_the_decoder_at_t0_and_the_kl_elsewhere():
+def _vlb_term_by_hand(betas, x0, xt, eps_hat, t):
+    """L_0 (eq. 13) or L_{t-1} (eq. 5) of one example with fixed-small σ_t² and ε-prediction, from the papers' formulas
+    in float64: μ̃_t and β̃_t of eq. 7, μ_θ of eq. 11, the KL of two Gaussians, the discretized Gaussian's bin mass."""
+    beta = betas.double()
+    alpha_bar = torch.cumprod(1 - beta, dim=0)
+    mu_theta = (xt - beta[t] / (1 - alpha_bar[t]).sqrt() * eps_hat) / (1 - beta[t]).sqrt()  # eq. 11
+    if t == 0:
+        # σ_1² is β̃ of the second step; level x owns [x − 1/255, x + 1/255], the outer bins reach ±∞.
+        std = ((1 - alpha_bar[0]) / (1 - alpha_bar[1]) * beta[1]).sqrt()
+        normal = torch.distributions.Normal(mu_theta, std)
+        upper = torch.where(x0 > 0.999, torch.ones_like(x0), normal.cdf(x0 + 1 / 255))
+        lower = torch.where(x0 < -0.999, torch.zeros_like(x0), normal.cdf(x0 - 1 / 255))
+        return -(upper - lower).log().sum()
+    a_t, a_prev = alpha_bar[t], alpha_bar[t - 1]
+    posterior_mean = a_prev.sqrt() * beta[t] / (1 - a_t) * x0 + (1 - beta[t]).sqrt() * (1 - a_prev) / (1 - a_t) * xt
+    beta_tilde = (1 - a_prev) / (1 - a_t) * beta[t]  # q's and p_θ's variance: the KL is the mean term alone
+    return ((posterior_mean - mu_theta) ** 2 / (2 * beta_tilde)).sum()
+
+
+def test_vlb_terms_are_the_decoder_nll_at_t0_and_the_posterior_kl_elsewhere_by_hand():
     scheduler = DDPMScheduler(clip_sample=False)
     x0 = torch.randint(0, 256, (3, 2, 4, 4), generator=torch.Generator().manual_seed(0)).double() / 127.5 - 1
+    x0[0, 0, 0, :2] = torch.tensor([-1.0, 1.0])  # the decoder's two outer bins, which reach ±∞
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t = torch.tensor([0, 5, 999])
     xt = scheduler.add_noise(x0, eps, t)
     out = eps + 0.05
-    terms = scheduler.vlb_terms(out, x0, xt, t)
-    assert terms[0].item() == pytest.approx(scheduler.decoder_nll(out[:1], x0[:1], xt[:1]).item())
-    assert terms[1].item() == pytest.approx(scheduler.posterior_kl(out[1:2], x0[1:2], xt[1:2], 5).item())
-    assert terms[2].item() == pytest.approx(scheduler.vlb_terms(out[2:], x0[2:], xt[2:], 999).item())
+    want = torch.stack([_vlb_term_by_hand(scheduler.betas, x0[i], xt[i], out[i], int(t[i])) for i in range(3)])
+    torch.testing.assert_close(scheduler.vlb_terms(out, x0, xt, t), want, rtol=1e-9, atol=0)
+    for i in range(3):  # one int timestep: the same terms
+        one = scheduler.vlb_terms(out[i : i + 1], x0[i : i + 1], xt[i : i + 1], int(t[i]))
+        torch.testing.assert_close(one, want[i : i + 1], rtol=1e-9, atol=0)
+    torch.testing.assert_close(scheduler.decoder_nll(out[:1], x0[:1], xt[:1]), want[:1], rtol=1e-9, atol=0)
+    torch.testing.assert_close(scheduler.posterior_kl(out[1:], x0[1:], xt[1:], t[1:]), want[1:], rtol=1e-9, atol=0)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -485,14 +508,24 @@ def test_per_example_last_step_gets_no_noise():
     torch.testing.assert_close(out[0], scheduler.p_mean_variance(eps, x, t).mean[0])
 
 
-def test_step_reuses_device_tables_instead_of_rebuilding_them(gaussian):
-    scheduler = DDPMScheduler()
-    scheduler.set_timesteps(5)
-    x = torch.randn(SHAPE)
-    scheduler.step(_model(gaussian, scheduler)(x, 800), 800, x)
-    cached = dict(scheduler._table_cache)
-    scheduler.step(_model(gaussian, scheduler)(x, 600), 600, x)
-    assert all(scheduler._table_cache[key] is table for key, table in cached.items())
+def test_a_new_schedule_replaces_the_tables_of_the_last_one():
+    # Steps gather their tables through a per-device cache; after `set_timesteps` they must use the new chain.
+    scheduler = DDPMScheduler(clip_sample=False)
+    x0 = torch.full((2, 3), 0.4)
+    eps = torch.tensor([[0.3, -1.0, 2.0], [0.1, 0.5, -0.2]])
+    xt = scheduler.add_noise(x0, eps, 800)
+
+    def posterior_mean_by_hand(prev):  # eq. 7 for the step 800 → prev; the exact ε gives x̂_0 = x_0
+        a_t, a_prev = scheduler.alphas_cumprod_f64[800], scheduler.alphas_cumprod_f64[prev]
+        beta = 1 - a_t / a_prev
+        return (
+            a_prev.sqrt() * beta / (1 - a_t) * x0.double() + (1 - beta).sqrt() * (1 - a_prev) / (1 - a_t) * xt.double()
+        )
+
+    scheduler.set_timesteps(5)  # leading: 800 → 600
+    torch.testing.assert_close(scheduler.p_mean_variance(eps, xt, 800).mean, posterior_mean_by_hand(600).float())
+    scheduler.set_timesteps(timesteps=[800, 300, 0])
+    torch.testing.assert_close(scheduler.p_mean_variance(eps, xt, 800).mean, posterior_mean_by_hand(300).float())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -13,7 +13,6 @@ import torch
 from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
-from hf_ddpm.data import make_transform
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.training import loop
@@ -123,6 +122,17 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
     train(parse_args([*flags, "--resume_from_checkpoint", "latest", "--max_train_steps", "3"]), dataset=image_dataset)
     assert _tree_digest(tmp_path / "checkpoint-2") == digest
     assert (tmp_path / "checkpoint-3").is_dir() and (tmp_path / "model_index.json").is_file()
+
+
+def test_grid_settings_the_sampler_refuses_stop_the_run_before_its_first_step(tmp_path, image_dataset, tiny_flags):
+    # The DDIM grid sampler owns the bound S <= T: it is asked before training, not at the first grid.
+    flags = ["--num_train_timesteps", "10", "--num_inference_steps", "50", "--save_images_steps", "2"]
+    with pytest.raises(ValueError, match=r"num_inference_steps.*\b50\b"):
+        train(parse_args(tiny_flags(tmp_path, "--max_train_steps", "2", *flags)), dataset=image_dataset)
+    assert not list(tmp_path.glob("checkpoint-*"))
+    # A run that draws no grid never asks.
+    train(parse_args(tiny_flags(tmp_path, "--max_train_steps", "1", *flags)), dataset=image_dataset)
+    assert (tmp_path / "model_index.json").is_file()
 
 
 def test_outputs_pipeline_card_sample_grid_and_tensorboard_scalars(tmp_path, image_dataset, tiny_flags):
@@ -274,35 +284,6 @@ def test_without_data_flags_it_trains_on_the_offline_mnist_digits(tmp_path, tiny
     assert f"{len(load_image_dataset(seed=0))} images" in capsys.readouterr().out
     pipeline = DDPMPipeline.from_pretrained(tmp_path / "out")
     assert pipeline.unet.config.in_channels == pipeline.unet.config.out_channels == 1
-
-
-def test_a_deterministic_transform_is_computed_once_per_image_and_a_random_one_every_time(image_dataset):
-    # The cache must never freeze a random augmentation: a flipping transform keeps drawing per (epoch, index).
-    calls = []
-
-    def counting(transform):
-        def wrapped(image, generator=None):
-            calls.append(1)
-            return transform(image, generator)
-
-        wrapped.deterministic = transform.deterministic
-        return wrapped
-
-    fixed = loop.AugmentedImages(image_dataset, counting(make_transform(8, 3, center_crop=True)), seed=0)
-    first = [fixed[i] for i in range(len(fixed))]
-    fixed.set_epoch(1)
-    second = [fixed[i] for i in range(len(fixed))]
-    assert len(calls) == len(image_dataset)
-    assert all(torch.equal(a, b) for a, b in zip(first, second))
-
-    calls.clear()
-    flipping = loop.AugmentedImages(image_dataset, counting(make_transform(8, 3, random_flip=True)), seed=0)
-    epochs = []
-    for epoch in (0, 1):
-        flipping.set_epoch(epoch)
-        epochs.append([flipping[i] for i in range(len(flipping))])
-    assert len(calls) == 2 * len(image_dataset)
-    assert any(not torch.equal(a, b) for a, b in zip(*epochs))
 
 
 def _assert_same_training(expected_dir: Path, actual_dir: Path) -> None:
