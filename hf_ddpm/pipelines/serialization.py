@@ -239,9 +239,19 @@ def save_pipeline(
         to_save, folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size
     )
     _remove_re_exports(folder)
+    _drop_name_or_path(folder)
     if reasons:
         write_remote_code_layout(folder, to_save)
     return reasons
+
+
+def _drop_name_or_path(folder: Path) -> None:
+    """diffusers writes where a model was loaded from (`_name_or_path`, a local path after
+    `from_pretrained("/home/...")`) into its config.json; a shared folder must not carry it."""
+    for config_file in [*folder.glob("*/config.json"), *folder.glob("*/scheduler_config.json")]:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _remove_re_exports(folder: Path) -> None:

@@ -138,12 +138,21 @@ def test_variant_is_saved_and_loaded_by_hf_ddpm_and_stock_diffusers(ddpm_pipe, t
         torch.testing.assert_close(theirs(sample, 2).sample, expected, atol=1e-5, rtol=0)
 
 
-def test_saved_folder_holds_no_local_path_user_or_host_name(ddpm_pipe, tmp_path):
+@pytest.mark.parametrize("layout", ["stock", "custom unet"])
+def test_saved_folder_holds_no_local_path_user_or_host_name(ddpm_pipe, tmp_path, layout):
     first, second = tmp_path / "first", tmp_path / "second"
     ddpm_pipe.save_pretrained(first)
     loaded = DDPMPipeline.from_pretrained(str(first.resolve()))
     assert loaded.name_or_path == str(first.resolve())  # what diffusers records, and what must not be saved
-    loaded.save_pretrained(second)
+    if layout == "custom unet":
+        # A config key UNet2DModel does not take keeps hf_ddpm's UNet, whose config diffusers saves with its
+        # _name_or_path.
+        loaded.unet.register_to_config(trained_on="digits")
+        assert set(stock_incompatibilities(loaded)) == {"unet"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded.save_pretrained(second)
+    assert read_index(second)["unet"][0] == ("diffusers" if layout == "stock" else "unet_2d")
     secrets = [str(first.resolve()), str(tmp_path)]
     secrets += [name for name in (getpass.getuser(), socket.gethostname()) if len(name) > 3]
     for file in (p for p in second.rglob("*") if p.is_file()):
