@@ -58,25 +58,25 @@ _NOT_CUSTOM = (
     "hf_ddpm.DDPMPipeline.from_pretrained builds hf_ddpm's DDPMPipeline; use "
     "diffusers.DiffusionPipeline.from_pretrained for other pipeline code"
 )
-# Keywords of diffusers' DiffusionPipeline.from_pretrained this loader cannot honour: (the value that asks for
-# nothing, why any other value is refused).
+# Keywords of diffusers' DiffusionPipeline.from_pretrained this loader cannot honour, and why; None or False (asking
+# for nothing) is accepted.
 _REFUSED_KWARGS = {
-    "custom_pipeline": (None, _NOT_CUSTOM),
-    "custom_revision": (None, _NOT_CUSTOM),
-    "load_connected_pipeline": (False, "a DDPMPipeline has no connected pipelines"),
-    "proxies": (None, "huggingface_hub >= 1.0 takes proxies from the HTTP_PROXY/HTTPS_PROXY environment variables"),
-    "mirror": (None, "set HF_ENDPOINT to load from a mirror of the Hub"),
-    "max_memory": (None, _ONE_DEVICE),
-    "offload_folder": (None, _ONE_DEVICE),
-    "offload_state_dict": (None, _ONE_DEVICE),
-    "use_onnx": (None, _NO_ONNX),
-    "provider": (None, _NO_ONNX),
-    "sess_options": (None, _NO_ONNX),
-    "provider_options": (None, _NO_ONNX),
-    "quantization_config": (None, "quantizing the DDPM UNet is not supported"),
-    "use_flashpack": (False, "weights are read from safetensors files"),
-    "output_loading_info": (False, "missing or mismatched weights are refused with an error instead"),
-    "dduf_file": (None, "DDUF files are no longer supported, by diffusers either"),
+    "custom_pipeline": _NOT_CUSTOM,
+    "custom_revision": _NOT_CUSTOM,
+    "load_connected_pipeline": "a DDPMPipeline has no connected pipelines",
+    "proxies": "huggingface_hub >= 1.0 takes proxies from the HTTP_PROXY/HTTPS_PROXY environment variables",
+    "mirror": "set HF_ENDPOINT to load from a mirror of the Hub",
+    "max_memory": _ONE_DEVICE,
+    "offload_folder": _ONE_DEVICE,
+    "offload_state_dict": _ONE_DEVICE,
+    "use_onnx": _NO_ONNX,
+    "provider": _NO_ONNX,
+    "sess_options": _NO_ONNX,
+    "provider_options": _NO_ONNX,
+    "quantization_config": "quantizing the DDPM UNet is not supported",
+    "use_flashpack": "weights are read from safetensors files",
+    "output_loading_info": "missing or mismatched weights are refused with an error instead",
+    "dduf_file": "DDUF files are no longer supported, by diffusers either",
 }
 
 
@@ -126,8 +126,8 @@ def _check_keywords(kwargs: dict[str, Any]) -> None:
     unknown = sorted(set(kwargs) - accepted - set(_REFUSED_KWARGS))
     if unknown:
         raise TypeError(f"from_pretrained got unexpected keyword arguments {unknown}; accepted: {sorted(accepted)}.")
-    for name, (unused, reason) in _REFUSED_KWARGS.items():
-        if name in kwargs and kwargs[name] != unused:
+    for name, reason in _REFUSED_KWARGS.items():
+        if kwargs.get(name) is not None and kwargs[name] is not False:
             raise ValueError(f"{name}={kwargs[name]!r} is not supported by hf_ddpm's loader: {reason}.")
 
 

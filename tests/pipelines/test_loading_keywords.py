@@ -138,7 +138,7 @@ def test_keyword_hf_ddpm_cannot_honour_is_refused_with_the_reason(folder, name, 
 
 def test_refusable_keyword_with_its_neutral_value_is_accepted(folder):
     pipe = DDPMPipeline.from_pretrained(
-        folder, custom_pipeline=None, load_connected_pipeline=False, use_onnx=None, output_loading_info=False
+        folder, custom_pipeline=None, load_connected_pipeline=False, use_onnx=False, output_loading_info=False
     )
     assert type(pipe) is DDPMPipeline
 
