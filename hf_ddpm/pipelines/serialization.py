@@ -105,6 +105,8 @@ def _stock_scheduler_class(scheduler: Any) -> type:
 def _stock_scheduler(scheduler: Any) -> Any:
     """The stock diffusers scheduler with `scheduler`'s config, checked to keep every key and the noise schedule."""
     stock_cls = _stock_scheduler_class(scheduler)
+    if type(scheduler) is stock_cls:  # already diffusers' own class: a copy, whatever its config holds
+        return stock_cls.from_config(scheduler.config)
     config = _public_config(scheduler)
     spacing = config.get("timestep_spacing")
     if spacing is not None and spacing not in STOCK_TIMESTEP_SPACINGS:
