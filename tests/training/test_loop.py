@@ -250,7 +250,6 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
             "checkpoint-4",
             "logs",
             "model_index.json",
-            "pipeline_ddpm.py",
             "README.md",
             "samples",  # the final grid every run ends with
             "scheduler",
