@@ -255,7 +255,7 @@ def load_pipeline(pipeline_cls: type, pretrained_model_name_or_path: str | os.Pa
         library, scheduler_class_name = index["scheduler"]
         scheduler = _scheduler_class(library, scheduler_class_name).from_pretrained(folder, subfolder="scheduler")
 
-    pipeline = pipeline_cls(unet=unet, scheduler=scheduler)
+    pipeline = pipeline_cls(unet=unet, scheduler=scheduler, id2label=index.get("id2label"))
     pipeline.register_to_config(_name_or_path=path)
     return pipeline
 

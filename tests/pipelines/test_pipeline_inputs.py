@@ -91,7 +91,7 @@ CASES = [
         {"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": ["prompt_embeds"]},
         ValueError,
         "callback_on_step_end_tensor_inputs",
-        "['latents']",
+        "['latents', 'class_labels']",
         "prompt_embeds",
     ),
     case(
