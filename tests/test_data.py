@@ -1,3 +1,5 @@
+import warnings
+
 import datasets
 import numpy as np
 import pytest
@@ -88,6 +90,60 @@ def test_grayscale_to_rgb_copies_and_rgb_to_grayscale_uses_luminance():
     expected = round(200 * 0.299 + 100 * 0.587 + 50 * 0.114) / 127.5 - 1  # ITU-R 601-2, PIL's "L" conversion
     assert luma.shape == (1, 8, 8)
     torch.testing.assert_close(luma, torch.full((1, 8, 8), expected), atol=1 / 127.5, rtol=0)
+
+
+def test_16_bit_png_gradient_keeps_its_range_instead_of_clipping_white(tmp_path):
+    # A 16-bit horizontal ramp 0 .. 65535 written as a real PNG (PIL opens it as "I;16"): an 8-bit conversion
+    # clips every value above 255 to white; v must map to v / 65535 on [0, 1], then to [-1, 1] like 8-bit data.
+    values = np.linspace(0, 65535, 8).round().astype(np.uint16)
+    Image.fromarray(np.tile(values, (8, 1))).save(tmp_path / "ramp16.png")
+    image = Image.open(tmp_path / "ramp16.png")
+    assert image.mode == "I;16"
+    expected_row = torch.tensor(values.astype(np.float64) / 65535 * 2 - 1, dtype=torch.float32)
+    gray = make_transform(8, in_channels=1, center_crop=True)(image)
+    torch.testing.assert_close(gray, expected_row.expand(1, 8, 8), atol=1e-6, rtol=0)
+    rgb = make_transform(8, in_channels=3, center_crop=True)(image)
+    torch.testing.assert_close(rgb, expected_row.expand(3, 8, 8), atol=1e-6, rtol=0)
+    assert float((gray > 0.98).float().mean()) == pytest.approx(1 / 8)  # only the last column is white
+
+
+def _one_pixel(mode: str, value, **kwargs) -> Image.Image:
+    return Image.new(mode, (2, 2), value, **kwargs)
+
+
+def _palette_image() -> Image.Image:
+    image = Image.new("P", (2, 2), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)  # index 1 is (200, 100, 50)
+    return image
+
+
+# (image, in_channels, the expected value of every pixel on 0..255, worked out by hand)
+_MODE_CASES = {
+    "I;16 mid-gray": (lambda: Image.fromarray(np.full((2, 2), 32768, np.uint16)), 1, [32768 * 255 / 65535]),
+    "I 16-bit": (lambda: Image.fromarray(np.full((2, 2), 65535, np.int32)), 1, [255.0]),
+    "F on [0, 1]": (lambda: Image.fromarray(np.full((2, 2), 0.25, np.float32)), 1, [0.25 * 255]),
+    "F on [0, 255]": (lambda: Image.fromarray(np.full((2, 2), 100.5, np.float32)), 3, [100.5] * 3),
+    "LA drops alpha": (lambda: _one_pixel("LA", (90, 0)), 1, [90]),
+    "RGBA drops alpha": (lambda: _one_pixel("RGBA", (200, 100, 50, 0)), 3, [200, 100, 50]),
+    "P reads the palette": (_palette_image, 3, [200, 100, 50]),
+    # (255 - C)(255 - K) / 255 per channel, rounded
+    "CMYK": (lambda: _one_pixel("CMYK", (0, 155, 205, 55)), 3, [round(c * 200 / 255) for c in (255, 100, 50)]),
+    "1-bit white": (lambda: _one_pixel("1", 1), 1, [255]),
+}
+
+
+@pytest.mark.parametrize("case", list(_MODE_CASES))
+def test_every_image_mode_maps_to_its_own_scale(case):
+    make_image, in_channels, expected = _MODE_CASES[case]
+    x = make_transform(2, in_channels=in_channels, center_crop=True)(make_image())
+    want = torch.tensor(expected, dtype=torch.float64) / 127.5 - 1
+    torch.testing.assert_close(x.double(), want[:, None, None].expand(in_channels, 2, 2), atol=1e-6, rtol=0)
+
+
+def test_float_image_outside_every_known_range_is_refused():
+    image = Image.fromarray(np.full((2, 2), -3.0, np.float32))
+    with pytest.raises(ValueError, match=r"mode 'F' image with values in \[-3, -3\]"):
+        make_transform(2, in_channels=1)(image)
 
 
 def test_non_square_image_is_resized_on_short_side_then_cropped():
@@ -241,11 +297,33 @@ def test_empty_folder_raises(tmp_path):
         validate_image_folder(tmp_path)
 
 
-def test_non_image_file_is_named(tmp_path):
+def test_non_image_files_are_skipped_with_one_warning_that_names_them(tmp_path):
     _write_folder(tmp_path)
     (tmp_path / "a" / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="notes.txt"):
-        load_image_dataset(train_data_dir=tmp_path)
+    (tmp_path / "b" / "labels.json").write_text("{}")
+    with pytest.warns(UserWarning) as caught:
+        dataset = load_image_dataset(train_data_dir=tmp_path, cache_dir=tmp_path.parent / "cache")
+    skipped = [w for w in caught if "not images" in str(w.message)]
+    assert len(skipped) == 1
+    message = str(skipped[0].message)
+    assert "Skipping 2 files" in message and "notes.txt" in message and "labels.json" in message
+    # The same images imagefolder reads: the four pictures, labelled by their sub-folders.
+    assert len(dataset) == 4 and sorted(dataset["label"]) == [0, 0, 1, 1]
+
+
+def test_folder_with_only_non_image_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="holds no images"):
+        validate_image_folder(tmp_path)
+
+
+def test_what_counts_as_an_image_is_what_imagefolder_reads(tmp_path):
+    # A JPEG under an extension outside the common few (imagefolder reads .jfif) is an image, not a skipped file.
+    _write_folder(tmp_path)
+    Image.new("RGB", (10, 10)).save(tmp_path / "a" / "photo.jfif", format="JPEG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(validate_image_folder(tmp_path)) == 5
 
 
 @pytest.mark.parametrize("content", [b"not a png at all", "truncated"])

@@ -1,15 +1,12 @@
 """A fast offline quality proxy for generated digits: a classifier trained on real held-out MNIST digits.
 
-A model trained on digits should produce samples that a digit classifier recognizes confidently and that cover
-the ten classes evenly. `digit_score` reports both: the share of samples whose top class probability is at
-least `confidence` (0.9 by default) and the class histogram with its normalized entropy (1 = all ten classes
-equally often, 0 = a single class). It is a proxy, not FID: it says "these are legible digits of every class",
-not "these match the data distribution".
+`digit_score` reports the share of samples whose top class probability is ≥ `confidence` and the class histogram
+with its normalized entropy (1 = all ten classes equally often). It says "legible digits of every class", not
+"these match the data distribution".
 
-The classifier is scikit-learn's `MLPClassifier` trained on the *held-out* part of the offline digits
-(`hf_ddpm.data.mnist_training_and_held_out_digits`), which the diffusion model never trains on; its accuracy is measured on
-the other part, which the classifier never trains on. Real digits and samples go through the same
-`make_transform`, so the classifier sees the samples at the resolution and scale it was trained on.
+The classifier (scikit-learn's `MLPClassifier`) trains on the held-out split of
+`hf_ddpm.data.mnist_training_and_held_out_digits`, which the diffusion model never sees, and is measured on the
+other split. Real digits and samples go through the same `make_transform`.
 """
 
 from __future__ import annotations
@@ -88,11 +85,20 @@ def images_to_features(images: Sequence[Image.Image] | np.ndarray | torch.Tensor
     return gray.reshape(len(gray), -1).astype(np.float32)
 
 
+def image_resolution(images: Sequence[Image.Image] | np.ndarray | torch.Tensor) -> int:
+    """The side of tensor (N, C, H, W) or array (N, H, W(, C)) images; PIL images, resized anyway, get 16."""
+    if isinstance(images, torch.Tensor):
+        return int(images.shape[-1])
+    if isinstance(images, np.ndarray):
+        return int(images.shape[2])
+    return 16
+
+
 @functools.lru_cache(maxsize=8)
 def get_digit_classifier(resolution: int = 16) -> DigitClassifier:
     """
-    Train (once per process and resolution; later calls return the cached one) a digit classifier on the 1000
-    real MNIST digits held out from diffusion training, and measure it on the other 4000.
+    A digit classifier trained on the 1000 digits held out from diffusion training and measured on the other 4000;
+    trained once per process and resolution.
 
     Args:
         resolution (`int`, defaults to 16):
@@ -108,8 +114,8 @@ def get_digit_classifier(resolution: int = 16) -> DigitClassifier:
     diffusion_train, held_out = mnist_training_and_held_out_digits()
     x_fit = images_to_features(held_out["image"], resolution)
     x_eval = images_to_features(diffusion_train["image"], resolution)
-    # One hidden layer and light L2: ~89 % accuracy from 1000 digits in a couple of seconds; stronger
-    # regularization lowers accuracy and makes even real digits rarely reach 0.9 confidence.
+    # One hidden layer and light L2 train in seconds; stronger regularization lowers accuracy and makes even real
+    # digits rarely reach 0.9 confidence.
     model = MLPClassifier(hidden_layer_sizes=(128,), alpha=1e-2, max_iter=300, random_state=0)
     model.fit(x_fit, np.asarray(held_out["label"]))
     proba = model.predict_proba(x_eval)
@@ -153,14 +159,7 @@ def digit_score(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}.")
     if resolution is None:
-        if classifier is not None:
-            resolution = classifier.resolution
-        elif isinstance(images, torch.Tensor):
-            resolution = int(images.shape[-1])
-        elif isinstance(images, np.ndarray):
-            resolution = int(images.shape[2])
-        else:
-            resolution = 16
+        resolution = classifier.resolution if classifier is not None else image_resolution(images)
     classifier = classifier or get_digit_classifier(resolution)
     proba = classifier.predict_proba(images)
     if len(proba) == 0:

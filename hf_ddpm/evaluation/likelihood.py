@@ -64,9 +64,8 @@ def vlb_scheduler(scheduler, variance_type: str | None = None) -> DDPMScheduler:
     """
     hf_ddpm's `DDPMScheduler` with `scheduler`'s config and the full chain (t → t − 1), for the bound.
 
-    The bound is defined by DDPM's full Markov chain whatever sampler a pipeline uses, so a DDIM (or any other)
-    scheduler is converted through its config; keys a DDPM scheduler does not take (e.g. DDIM's `set_alpha_to_one`)
-    are dropped, and a scheduler without `variance_type` (DDIM) gets DDPM's default, "fixed_small".
+    The bound is that of DDPM's full chain whatever the pipeline samples with: keys a DDPM scheduler does not take
+    (e.g. DDIM's `set_alpha_to_one`) are dropped, and a scheduler without `variance_type` gets "fixed_small".
 
     Args:
         scheduler (`diffusers.SchedulerMixin`):
@@ -91,9 +90,8 @@ def check_image_grid(images: torch.Tensor, quantize: bool = False, num_levels: i
     """
     Checks that images are 8-bit data in the model's space: in [−1, 1] and on the `num_levels` levels k/127.5 − 1.
 
-    The decoder of eq. 13 is a probability mass function over those levels, so bits/dim of anything else is
-    meaningless: values outside [−1, 1] (e.g. images in [0, 255] or [0, 1] that were never rescaled) are always an
-    error; values between the levels are an error unless `quantize=True`, which rounds them to the nearest level.
+    The decoder of eq. 13 is a distribution over those levels, so values outside [−1, 1] are an error, and values
+    between levels are one unless `quantize=True` rounds them.
 
     Args:
         images (`torch.Tensor`):
@@ -136,22 +134,15 @@ def strided_timesteps(
     num_train_timesteps: int, num_timesteps: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    K of the T − 1 KL timesteps and weights that make their weighted sum an unbiased estimate of the full sum.
+    K of the T − 1 KL timesteps and weights that make their weighted sum an unbiased estimate of the full sum:
 
-    Most of the bound sits at the smallest t, where L_t falls roughly like 1/t (for trained models, and for the
-    closed-form Gaussian of the tests, where the first 10 of 999 terms hold half of the sum), so an evenly strided
-    sample would be unbiased but very noisy. The estimate therefore has two parts:
+    Σ_{t=1}^{T−1} L_t ≈ Σ_{t=1}^{H} L_t + Σ_k L_{t_k} / π_{t_k}.
 
-    - a head t = 1 .. H evaluated exactly (weight 1), H = ⌊K/2⌋ (raised if needed so that every tail probability
-      below is ≤ 1);
-    - a tail of K − H timesteps among t = H+1 .. T−1 by systematic sampling with probability proportional to size:
-      timestep t gets the size π_t = (K − H) q_t with q_t ∝ 1/t, the sizes are laid end to end on [0, K − H), and
-      the points U, U + 1, ..., U + K − H − 1 (U ~ Uniform[0, 1) from `generator`) pick the timesteps whose
-      interval they fall in. Each t is then chosen with probability exactly π_t, at most once, and the weight 1/π_t
-      makes the tail sum the unbiased Horvitz-Thompson estimate; the 1/t sizes keep each weighted term near the
-      same size, so its variance is small.
-
-    Σ_{t=1}^{T−1} L_t ≈ Σ_{t=1}^{H} L_t + Σ_k L_{t_k} / π_{t_k}. K ≥ T − 1 returns every timestep with weight 1.
+    L_t falls roughly like 1/t, so the head t = 1 .. H (H = ⌊K/2⌋, raised until every π_t ≤ 1) is evaluated
+    exactly, and the K − H tail timesteps are drawn by systematic sampling with inclusion probabilities
+    π_t ∝ 1/t (sizes laid end to end, points U, U + 1, ..., U ~ Uniform[0, 1) from `generator`). Each t is then
+    drawn with probability π_t, at most once, so the weights 1/π_t give the Horvitz-Thompson estimate, and the
+    1/t sizes keep the weighted terms, hence its variance, small. K ≥ T − 1 returns every timestep with weight 1.
 
     Args:
         num_train_timesteps (`int`):
@@ -206,30 +197,18 @@ def bits_per_dim(
     r"""
     The variational bound on −log p_θ(x_0) of DDPM eq. 5, in bits/dim, per image.
 
-    For each image x_0: L_T exactly (`prior_kl`); for each evaluated timestep t, one draw ε ~ N(0, I),
-    x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε (eq. 4, `add_noise`) and the scheduler's `vlb_terms` at (ε_θ(x_t, t), x_0, x_t):
-    L_{t−1} for t ≥ 1 and the decoder NLL L_0 (eq. 13) at t = 0. Each term is a one-sample Monte-Carlo estimate of
-    its expectation over x_t, so the result is an unbiased estimate of the bound; averaged over images it is the
-    number DDPM Table 1 reports (NLL ≤ 3.70–3.75 bits/dim on CIFAR10 test images).
-
-    Estimators:
-    - `timesteps=None` (default): every timestep, L̂ = L_T + Σ_{t=1}^{T−1} L̂_t + L̂_0 (T network calls per image).
-    - `timesteps=K`: a strided estimate, L̂ = L_T + L̂_0 + Σ_{t=1}^{H} L̂_t + Σ_k L̂_{t_k} / π_{t_k}: the first
-      H ≈ K/2 KL terms (where most of the bound lies) exactly, and K − H tail timesteps t_k drawn by systematic
-      sampling with inclusion probabilities π_t ∝ 1/t (random phase from `generator`), each weighted by 1/π_t
-      ([`strided_timesteps`]). Unbiased for the full sum; exact prior; K + 1 network calls per image.
-
-    The reverse variance follows the scheduler's `variance_type` ("fixed_small", "fixed_large" or a learned one; for
-    "learned_range" the UNet's extra channels give it). x̂_0 is not clipped inside p_θ: the bound is that of the
-    model's own Gaussian (clipping would change μ_θ and with it the density).
+    L_T is exact (`prior_kl`); every other term is a one-draw Monte-Carlo estimate at x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε
+    (eq. 4, `add_noise`) through the scheduler's `vlb_terms` (L_{t−1} for t ≥ 1, the decoder L_0 of eq. 13 at t = 0),
+    so the result is an unbiased estimate of the bound; its mean over images is DDPM Table 1's NLL column.
+    `timesteps=None` sums every KL term (T network calls per image); `timesteps=K` is the unbiased strided estimate
+    of [`strided_timesteps`] (K + 1 calls). The reverse variance follows the scheduler's `variance_type`; x̂_0 is not
+    clipped, since clipping would change μ_θ and with it the density.
 
     Args:
         pipeline (`DDPMPipeline` or any pipeline with `unet` and `scheduler`):
-            The model. Its scheduler may be any type: the bound always uses a `DDPMScheduler` built from its config
-            ([`vlb_scheduler`]).
+            The model; the bound uses a `DDPMScheduler` of its scheduler's config ([`vlb_scheduler`]).
         images (`torch.Tensor`):
-            x_0, shape (N, C, H, W) matching the UNet, in [−1, 1] on the 256-level grid k/127.5 − 1 (what
-            `hf_ddpm`'s data transform produces from 8-bit images).
+            x_0, (N, C, H, W) matching the UNet, on the 256-level grid k/127.5 − 1 of [−1, 1] ([`check_image_grid`]).
         generator (`torch.Generator`, *optional*, defaults to `None`):
             Source of the noise ε (and of the strided timesteps' phase); same generator state, same result.
         timesteps (`int`, *optional*, defaults to `None`):

@@ -1,10 +1,11 @@
 """The papers' tables for one pipeline: DDIM Table 1 (quality vs steps), DDIM Table 2 (reconstruction), NLL.
 
-Each function returns rows (one `dict` per cell) so that `examples/evaluate.py` only writes them out:
+Each function returns rows (one `dict` per cell); `hf_ddpm.evaluation.report` writes them out:
 
 - `sample_quality_table`: quality of S-step samples for DDIM's η ∈ {0, 0.2, 0.5, 1} and σ̂ (DDIM Table 1), with
   linear and quadratic timestep sub-sequences (DDIM App. D.2). Quality is FID (`hf_ddpm.evaluation.fid`) or, for
-  digits on a CPU, the classifier proxy of `hf_ddpm.evaluation.digits` (share of confidently classified samples).
+  digits on a CPU, the Fréchet digit distance with precision and recall (`hf_ddpm.evaluation.digit_features`) or
+  the classifier proxy of `hf_ddpm.evaluation.digits` (share of confidently classified samples).
 - `reconstruction_table`: per-dimension MSE of DDIM encoding (η = 0 forward, `DDPMPipeline.invert`) followed by
   decoding with the same S steps (DDIM Table 2, §5.4), images scaled to [0, 1].
 - `nll_table`: bits/dim of held-out images (DDPM Table 1's NLL column), `hf_ddpm.evaluation.likelihood`.
@@ -16,9 +17,7 @@ Each function returns rows (one `dict` per cell) so that `examples/evaluate.py` 
 
 from __future__ import annotations
 
-import csv
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,14 +31,12 @@ from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 __all__ = [
     "DDIM_TABLE1_STEPS",
     "DDIM_TABLE2_STEPS",
+    "METRICS",
     "SPACINGS",
-    "markdown_table",
     "nll_table",
-    "plot_tables",
     "quality_pivot",
     "reconstruction_table",
     "sample_quality_table",
-    "write_csv",
 ]
 
 DDIM_TABLE1_STEPS = (10, 20, 50, 100, 1000)
@@ -53,7 +50,7 @@ SPACINGS = {
     "trailing": "trailing",
     "linspace": "linspace",
 }
-METRICS = ("digits", "fid")
+METRICS = ("digits", "fdd", "fid")
 
 
 def _spacing(name: str) -> str:
@@ -100,19 +97,30 @@ def _samples(
     return torch.cat(images)
 
 
+def _digit_proxy(images: torch.Tensor) -> dict:
+    from hf_ddpm.evaluation.digits import digit_score
+
+    result = digit_score(images * 2 - 1)  # the classifier takes the model's space, [-1, 1]
+    return {"value": result["confident_share"], "class_entropy": result["class_entropy"]}
+
+
+def _digit_features(images: torch.Tensor) -> dict:
+    from hf_ddpm.evaluation.digit_features import digit_feature_metrics
+
+    out = digit_feature_metrics(images * 2 - 1)  # tensors in the model's space, [-1, 1]
+    return {"value": out.fdd, "std_error": out.fdd_std_error, "precision": out.precision, "recall": out.recall}
+
+
 def _score_fn(
     metric: str | Callable[[torch.Tensor], float], reference_statistics: Any, fid_kwargs: dict | None
 ) -> Callable[[torch.Tensor], dict]:
+    """The cell scorer: images (N, C, H, W) in [0, 1] → a dict with `value` and the metric's extra columns."""
     if callable(metric):
         return lambda images: {"value": float(metric(images))}
     if metric == "digits":
-        from hf_ddpm.evaluation.digits import digit_score
-
-        def score(images: torch.Tensor) -> dict:
-            result = digit_score(images * 2 - 1)  # the classifier takes the model's space, [-1, 1]
-            return {"value": result["confident_share"], "class_entropy": result["class_entropy"]}
-
-        return score
+        return _digit_proxy
+    if metric == "fdd":
+        return _digit_features
     if metric == "fid":
         if reference_statistics is None:
             raise ValueError("metric='fid' needs `reference_statistics` (a FeatureStatistics or the path of a .npz).")
@@ -120,6 +128,18 @@ def _score_fn(
 
         return lambda images: {"value": fid(images, reference_statistics, **(fid_kwargs or {}))}
     raise ValueError(f"`metric` must be one of {METRICS}, got {metric!r}.")
+
+
+def _metric_name(metric: str | Callable[[torch.Tensor], float]) -> str:
+    if callable(metric):
+        return getattr(metric, "__name__", "custom")
+    return {"digits": "confident_share"}.get(metric, metric)
+
+
+def _samplers(etas: Sequence[float], sigma_hat: bool) -> list[tuple[str, float, bool]]:
+    """(name, η, σ̂) of Table 1's rows; the σ̂ row's σ̂_t = √(1 − ᾱ_t/ᾱ_prev) replaces σ_t(η), η is unused."""
+    samplers = [(f"eta={float(e):g}", float(e), False) for e in etas]
+    return samplers + ([("sigma_hat", 1.0, True)] if sigma_hat else [])
 
 
 def sample_quality_table(
@@ -145,9 +165,8 @@ def sample_quality_table(
     Schedules that coincide (e.g. S = T in both spacings) are sampled once and reported under both spacings.
 
     By default x̂_0 is not clipped, as in DDIM's released sampler (`generalized_steps`), which produced the paper's
-    table. diffusers' default `clip_sample=True` (kept in most saved configs) changes the sampler: clipping x̂_0 but
-    not ε̂ at every step, it pulled the deterministic η = 0 chain at S = 1000 from 0.72 down to 0.59 confident share
-    on the digits model of the README (S = 100: 0.72 vs 0.74).
+    table. diffusers' default `clip_sample=True` (kept in most saved configs) clips x̂_0 but not ε̂ at every step,
+    which changes the sampler, most visibly the deterministic η = 0 chain at large S.
 
     Args:
         pipeline (`DDPMPipeline`):
@@ -168,8 +187,9 @@ def sample_quality_table(
             Seed of every cell's generator.
         metric (`str` or `Callable`, *optional*, defaults to `"digits"`):
             `"digits"` (value = share of samples a held-out-trained classifier labels with ≥ 0.9 confidence,
-            higher is better), `"fid"` (lower is better), or a function of the samples (N, C, H, W) in [0, 1]
-            returning a float.
+            higher is better), `"fdd"` (value = Fréchet digit distance, lower is better, with precision and recall;
+            `hf_ddpm.evaluation.digit_features`), `"fid"` (lower is better), or a function of the samples
+            (N, C, H, W) in [0, 1] returning a float.
         reference_statistics ([`~hf_ddpm.evaluation.fid.FeatureStatistics`] or `str`, *optional*):
             FID's reference statistics (or their .npz path); required for `metric="fid"`.
         fid_kwargs (`dict`, *optional*):
@@ -182,43 +202,28 @@ def sample_quality_table(
     Returns:
         `list[dict]`: one row per (spacing, sampler, S): `spacing`, `sampler` ("eta=0.0" ... or "sigma_hat"), `eta`
         (`None` for σ̂), `steps`, `metric`, `value`, `num_samples`, `seconds` (sampling + scoring), and
-        `class_entropy` for the digit proxy.
+        `class_entropy` for the digit proxy, `std_error` (bootstrap), `precision` and `recall` for FDD.
     """
     from tqdm.auto import tqdm
 
-    num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
-    steps = _check_steps(steps, num_train_timesteps)
+    steps = _check_steps(steps, int(pipeline.scheduler.config.num_train_timesteps))
     score = _score_fn(metric, reference_statistics, fid_kwargs)
-    metric_name = (
-        getattr(metric, "__name__", "custom")
-        if callable(metric)
-        else {"digits": "confident_share"}.get(metric, metric)
-    )
-    samplers: list[tuple[str, float, bool]] = [(f"eta={float(e):g}", float(e), False) for e in etas]
-    if sigma_hat:
-        samplers.append(("sigma_hat", 1.0, True))
-    cells = [(sp, sampler, s) for sp in spacings for sampler in samplers for s in steps]
     overrides = {} if clip_sample is None else {"clip_sample": clip_sample}
-    rows, cache = [], {}
+    pipes = {spacing: _ddim_pipeline(pipeline, spacing, **overrides) for spacing in spacings}
+    cells = [(sp, sampler, s) for sp in spacings for sampler in _samplers(etas, sigma_hat) for s in steps]
+    rows, scored = [], {}
     for spacing, (name, eta, hat), num_steps in tqdm(cells, disable=not progress, desc="DDIM table 1"):
-        pipe = _ddim_pipeline(pipeline, spacing, **overrides)
+        pipe = pipes[spacing]
         pipe.scheduler.set_timesteps(num_steps)
-        key = (tuple(pipe.scheduler.timesteps.tolist()), eta, hat)
-        if key not in cache:
+        key = (tuple(pipe.scheduler.timesteps.tolist()), eta, hat)  # coinciding schedules are sampled once
+        if key not in scored:
             start = time.perf_counter()
             images = _samples(pipe, num_samples, batch_size, seed, num_steps, eta, hat)
-            cache[key] = {**score(images), "seconds": round(time.perf_counter() - start, 2)}
+            scored[key] = {**score(images), "seconds": round(time.perf_counter() - start, 2)}
         rows.append(
-            {
-                "spacing": spacing,
-                "sampler": name,
-                "eta": None if hat else eta,
-                "steps": num_steps,
-                "metric": metric_name,
-                "num_samples": num_samples,
-                **cache[key],
-            }
-        )
+            {"spacing": spacing, "sampler": name, "eta": None if hat else eta, "steps": num_steps,
+             "metric": _metric_name(metric), "num_samples": num_samples, **scored[key]}
+        )  # fmt: skip
     return rows
 
 
@@ -336,86 +341,18 @@ def nll_table(
     ]
 
 
-# --------------------------------------------------------------------------------------------------------- output
+def quality_pivot(rows: list[dict], cell: Callable[[dict], Any] | None = None) -> list[dict]:
+    """
+    Table 1's layout: one row per (spacing, sampler), one column per S (`"S=10"`, ...).
 
-
-def quality_pivot(rows: list[dict]) -> list[dict]:
-    """Table 1's layout: one row per (spacing, sampler), one column per S (`"S=10"`, ...), cells = `value`."""
+    Args:
+        rows (`list[dict]`): from `sample_quality_table`.
+        cell (`Callable[[dict], Any]`, *optional*): a row's cell; defaults to its `value`.
+    """
     pivot: dict[tuple[str, str], dict] = {}
     for row in rows:
         entry = pivot.setdefault(
             (row["spacing"], row["sampler"]), {"spacing": row["spacing"], "sampler": row["sampler"]}
         )
-        entry[f"S={row['steps']}"] = row["value"]
+        entry[f"S={row['steps']}"] = row["value"] if cell is None else cell(row)
     return list(pivot.values())
-
-
-def _format(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return "" if value is None else str(value)
-
-
-def markdown_table(rows: list[dict], columns: Sequence[str] | None = None) -> str:
-    """A GitHub Markdown table of `rows` (columns: `columns`, or every key in first-seen order)."""
-    if not rows:
-        return ""
-    if columns is None:
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(_format(row.get(c)) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """Write `rows` as CSV (columns: every key in first-seen order)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def plot_tables(
-    quality_rows: list[dict], reconstruction_rows: list[dict], path: str | os.PathLike, title: str = ""
-) -> None:
-    """
-    One PNG: a panel of quality vs S per spacing (a line per sampler, as DDIM Fig. 3) and reconstruction MSE vs S.
-
-    Args:
-        quality_rows (`list[dict]`): from `sample_quality_table` (may be empty).
-        reconstruction_rows (`list[dict]`): from `reconstruction_table` (may be empty).
-        path (`str` or `os.PathLike`): the PNG to write.
-        title (`str`, *optional*, defaults to `""`): figure title (e.g. the model and the machine).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-
-    spacings = list(dict.fromkeys(row["spacing"] for row in quality_rows))
-    panels = len(spacings) + (1 if reconstruction_rows else 0)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(4.5 * max(panels, 1), 3.8), squeeze=False)
-    for ax, spacing in zip(axes[0], spacings):
-        rows = [r for r in quality_rows if r["spacing"] == spacing]
-        for sampler in dict.fromkeys(r["sampler"] for r in rows):
-            points = sorted((r["steps"], r["value"]) for r in rows if r["sampler"] == sampler)
-            ax.plot(*zip(*points), marker="o", label=sampler)
-        metric = rows[0]["metric"]
-        ax.set(xscale="log", xlabel="steps S", ylabel=metric, title=f"{spacing} spacing")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    if reconstruction_rows:
-        ax = axes[0][len(spacings)]
-        points = sorted((r["steps"], r["mse_per_dim"]) for r in reconstruction_rows)
-        ax.plot(*zip(*points), marker="o", color="k")
-        ax.set(xscale="log", yscale="log", xlabel="steps S", ylabel="MSE per dim ([0, 1] scale)")
-        ax.set_title(f"DDIM encode→decode ({reconstruction_rows[0]['spacing']})")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -177,6 +177,8 @@ def _describe_data(training_args: dict[str, Any], datasets: list[str]) -> str | 
         )
     if name:
         return f"a local dataset of {images}"
+    if isinstance(training_args.get("data"), str):  # examples/train.py describes its data in words
+        return training_args["data"] + (f", {count} training images" if count is not None else "")
     if training_args.get("train_data_dir"):
         return f"an image folder of {images}"
     if count is not None:  # the training loop records its data, and names none only for the offline digits

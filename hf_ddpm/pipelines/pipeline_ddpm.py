@@ -33,7 +33,8 @@ from hf_ddpm.pipelines.guidance import (
     normalize_id2label,
 )
 from hf_ddpm.pipelines.hub import push_pipeline, upload_pipeline_folder
-from hf_ddpm.pipelines.serialization import load_pipeline, to_stock_pipeline, write_remote_code_layout
+from hf_ddpm.pipelines.loading import load_pipeline
+from hf_ddpm.pipelines.serialization import save_pipeline, to_stock_pipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
 
@@ -676,27 +677,42 @@ class DDPMPipeline(DiffusionPipeline):
         r"""
         Load a pipeline as hf_ddpm's classes, without running any code from the folder or repo.
 
-        Reads a folder written by [`~DDPMPipeline.save_pretrained`] or a stock diffusers DDPM/DDIM pipeline (e.g. the
-        layout of google/ddpm-cifar10-32): `UNet2DModel` becomes `DDPMUNet2DModel` (same config and weights),
-        diffusers' `DDPMScheduler`/`DDIMScheduler` become hf_ddpm's; any other diffusers scheduler is kept as is.
+        Reads what [`~DDPMPipeline.save_pretrained`] writes (diffusers' own layout, or the custom-component layout)
+        and stock diffusers DDPM/DDIM pipelines (e.g. google/ddpm-cifar10-32): `UNet2DModel` becomes
+        `DDPMUNet2DModel` (same config and weights), diffusers' `DDPMScheduler`/`DDIMScheduler` become hf_ddpm's; any
+        other diffusers scheduler is kept as is. Repo ids use huggingface_hub's cache (shared with diffusers); with
+        `HF_HUB_OFFLINE=1`, `local_files_only=True` or the Hub unreachable, what is cached is loaded.
 
         Args:
             pretrained_model_name_or_path (`str` or `os.PathLike`):
                 A local folder holding `model_index.json`, or a Hub repo id.
+            dtype (`torch.dtype` or `dict[str, torch.dtype]`, *optional*):
+                dtype to load the UNet in; a dict as in diffusers (`{"unet": ..., "default": ...}`). `torch_dtype` is
+                the older name and still works.
+            device_map (`str`, *optional*):
+                A device (`"cpu"`, `"cuda"`, `"cuda:1"`, ...) to put the pipeline on. Placement strategies such as
+                diffusers' `"balanced"` are refused (`NotImplementedError`): the pipeline holds one model.
+            variant (`str`, *optional*):
+                Load `diffusion_pytorch_model.<variant>.safetensors`; a `ValueError` if the folder has none.
             allow_pickle (`bool`, *optional*, defaults to `False`):
                 Load pickled (`.bin`) UNet weights when no safetensors file exists. Unpickling runs code, so it must
-                be asked for.
+                be asked for. `use_safetensors` works as in diffusers within that rule.
             unet (`torch.nn.Module`, *optional*):
                 Use this UNet instead of loading one.
             scheduler (`SchedulerMixin`, *optional*):
                 Use this scheduler instead of loading one.
-            torch_dtype (`torch.dtype`, *optional*):
-                dtype to load the UNet in.
-            revision (`str`, *optional*), cache_dir (`str`, *optional*), token (`str` or `bool`, *optional*),
-            local_files_only (`bool`, *optional*), force_download (`bool`, *optional*):
-                Passed to huggingface_hub's `snapshot_download` for repo ids.
+            revision (`str`, *optional*):
+                Branch, tag or commit of a repo id (the default branch if `None`).
+            cache_dir (`str`, *optional*), token (`str` or `bool`, *optional*), local_files_only (`bool`, *optional*),
+            force_download (`bool`, *optional*):
+                As in huggingface_hub's `snapshot_download`, for repo ids.
+            low_cpu_mem_usage (`bool`, *optional*), disable_mmap (`bool`, *optional*):
+                Passed to the UNet's `from_pretrained`.
             trust_remote_code (`bool`, *optional*):
                 Accepted for symmetry with diffusers and ignored: nothing from the folder is executed.
+
+        Other keywords of `DiffusionPipeline.from_pretrained` (`custom_pipeline`, `use_onnx`, `max_memory`,
+        `quantization_config`, ...) are refused with a `ValueError` that says why; unknown ones with a `TypeError`.
 
         Returns:
             [`DDPMPipeline`]
@@ -708,21 +724,25 @@ class DDPMPipeline(DiffusionPipeline):
         save_directory: str | os.PathLike,
         safe_serialization: bool = True,
         variant: str | None = None,
+        max_shard_size: int | str | None = None,
         push_to_hub: bool = False,
         **kwargs,
     ) -> None:
         r"""
-        Save the pipeline for [`~DDPMPipeline.from_pretrained`] and for
-        `diffusers.DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)` (re-export modules are written
-        beside `model_index.json` and in the component folders).
+        Save the pipeline in diffusers' own layout, which stock `diffusers.DiffusionPipeline.from_pretrained` loads
+        without hf_ddpm. A component stock diffusers cannot express (e.g. `timestep_spacing="quadratic"`) is saved in
+        diffusers' custom-component layout instead, with a `UserWarning`; loading it then needs hf_ddpm (and
+        `trust_remote_code=True` in diffusers). See `hf_ddpm.pipelines.serialization.stock_incompatibilities`.
 
         Args:
             save_directory (`str` or `os.PathLike`):
-                Folder to write; created if missing.
+                Folder to write; created if missing. An existing file there is refused (`FileExistsError`).
             safe_serialization (`bool`, *optional*, defaults to `True`):
                 Must stay `True`: weights are written as safetensors only.
             variant (`str`, *optional*, defaults to `None`):
                 Weight file variant (e.g. `"fp16"`), as in diffusers.
+            max_shard_size (`int` or `str`, *optional*, defaults to `None`):
+                Largest weight file before sharding (e.g. `"5GB"`), as in diffusers.
             push_to_hub (`bool`, *optional*, defaults to `False`):
                 Also upload the folder, with a model card, via [`~DDPMPipeline.push_to_hub`]; `repo_id` and the other
                 arguments of `push_to_hub` are taken from `kwargs`.
@@ -734,8 +754,7 @@ class DDPMPipeline(DiffusionPipeline):
         if push_to_hub:
             repo_id = kwargs.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             inspect.signature(self.push_to_hub).bind(repo_id, **kwargs)  # push_to_hub's TypeError for a wrong option
-        super().save_pretrained(save_directory, safe_serialization=True, variant=variant, push_to_hub=False)
-        write_remote_code_layout(save_directory, self)
+        save_pipeline(self, save_directory, variant=variant, max_shard_size=max_shard_size)
         if push_to_hub:
             upload_pipeline_folder(self, save_directory, repo_id, **kwargs)
 
@@ -809,8 +828,8 @@ class DDPMPipeline(DiffusionPipeline):
     def to_diffusers(self) -> DiffusionPipeline:
         """
         The same pipeline as stock diffusers objects, for users without hf_ddpm: a `diffusers.DDPMPipeline` with a
-        `UNet2DModel` of the same config and weights and the matching stock scheduler. Configuration only hf_ddpm's
-        schedulers understand (e.g. `timestep_spacing="quadratic"`) is refused with a `ValueError`.
+        `UNet2DModel` of the same config and a copy of the weights, and the matching stock scheduler. What stock
+        diffusers cannot express (e.g. `timestep_spacing="quadratic"`) is refused with a `ValueError`.
 
         Returns:
             `diffusers.DDPMPipeline`

@@ -5,12 +5,19 @@ concept is the same, so a diffusers user already knows them. Defaults follow DDP
 Appendix B): T = 1000 linear β from 1e-4 to 0.02, ε-prediction trained with L_simple (eq. 14), Adam at 2e-4 with
 5000 linear warm-up steps, gradient clipping at 1.0, EMA decay 0.9999, batch 128.
 
+train_unconditional.py's own names for our flags are accepted as aliases of the same argument
+(`--ddpm_num_steps` is `--num_train_timesteps`, ...; see `ALIASES`); giving both with different values is an error.
+Where a default of ours differs from train_unconditional.py's in a way that changes the trained model or its samples,
+`TRAIN_UNCONDITIONAL_DEFAULTS` holds theirs, so the run can say so at start.
+
 A flag's own range is checked by its `type=` (`positive_int`, ...), so argparse names the flag in its error;
-`validate_args` checks only combinations of flags.
+`validate_args` resolves aliases and derived defaults and checks only combinations of flags.
 """
 
 import argparse
+import importlib.util
 from collections.abc import Callable
+from typing import Any
 
 from hf_ddpm.schedulers import PREDICTION_TYPES
 from hf_ddpm.schedulers.scheduling_ddpm import BETA_SCHEDULES, LEARNED_VARIANCE_TYPES, VARIANCE_TYPES
@@ -18,7 +25,10 @@ from hf_ddpm.training.loss import LOSS_TYPES
 from hf_ddpm.training.optimizer import ADAM_IMPLEMENTATIONS
 
 __all__ = [
+    "ALIASES",
+    "NO_EFFECT_FLAGS",
     "TRAIN_BETA_SCHEDULES",
+    "TRAIN_UNCONDITIONAL_DEFAULTS",
     "TRAIN_VARIANCE_TYPES",
     "build_parser",
     "decay_factor",
@@ -39,6 +49,66 @@ TRAIN_BETA_SCHEDULES = tuple(b for b in BETA_SCHEDULES if b != "laplace")
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 LOGGERS = ("tensorboard", "wandb", "none")
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+# train_unconditional.py's name → ours, for the flags that mean the same thing under another name.
+ALIASES = {
+    "--ddpm_num_steps": "--num_train_timesteps",
+    "--ddpm_beta_schedule": "--beta_schedule",
+    "--ddpm_num_inference_steps": "--num_inference_steps",
+    "--model_config_name_or_path": "--model_config",
+}
+
+# train_unconditional.py's defaults where ours differ in a way that changes the trained model or its sample grids
+# (ours follow the paper); compared with the resolved values at the start of a run.
+TRAIN_UNCONDITIONAL_DEFAULTS: dict[str, Any] = {
+    "model_config": "its own 6-level UNet2DModel",
+    "resolution": 64,
+    "train_batch_size": 16,
+    "learning_rate": 1e-4,
+    "lr_scheduler": "cosine",
+    "lr_warmup_steps": 500,
+    "adam_beta1": 0.95,
+    "adam_weight_decay": 1e-6,
+    "use_ema": False,
+    "random_flip": False,
+    "mixed_precision": "no",
+    "num_inference_steps": 1000,  # --ddpm_num_inference_steps, with the DDPM sampler
+}
+# Without --save_images_steps or --save_images_epochs, a grid every this many steps; without --save_model_steps or
+# --save_model_epochs, the pipeline every this many epochs (train_unconditional.py's default).
+DEFAULT_SAVE_IMAGES_STEPS = 1000
+DEFAULT_SAVE_MODEL_EPOCHS = 10
+# Accepted so that train_unconditional.py's command lines run; they change nothing here (see their help).
+NO_EFFECT_FLAGS = ("enable_xformers_memory_efficient_attention", "local_rank")
+_GIVEN = "_given_flags"  # where the parser notes which option string set which value (removed by validate_args)
+
+
+class _StoreNoted(argparse.Action):
+    """Store the value like `store`, and note the option string, so an alias and our name can be compared."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        noted = vars(namespace).setdefault(_GIVEN, {})
+        noted.setdefault(self.dest, {})[option_string] = values
+
+
+def _with_alias(flag: str) -> tuple[str, ...]:
+    # Our name first (argparse names the argument after it in errors), then train_unconditional.py's.
+    return (flag, *[alias for alias, ours in ALIASES.items() if ours == flag])
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # sys.modules holds None for it: importing it is blocked
+        return False
+
+
+def installed_logger(name: str) -> str:
+    """An argparse `type=` for `--logger`: a tracker that is not installed fails at the flag, before any work."""
+    if name in ("tensorboard", "wandb") and not _importable(name):
+        raise argparse.ArgumentTypeError(f"{name!r} is not installed (`pip install {name}`); or pick another logger")
+    return name
 
 
 def _ranged(convert: Callable[[str], float], allowed: Callable[[float], bool], what: str, name: str):
@@ -110,12 +180,14 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     model = parser.add_argument_group("model and diffusion")
     model.add_argument(
-        "--model_config",
+        *_with_alias("--model_config"),
+        action=_StoreNoted,
         type=str,
         default="ddpm-cifar10",
-        help="A DDPMUNet2DModel preset name (e.g. 'tiny', 'digits-16', 'ddpm-cifar10') or the path of a UNet config "
-        "JSON (UNet2DModel's field names). sample_size is set from --resolution, and out_channels is doubled for a "
-        "learned variance.",
+        help="A DDPMUNet2DModel preset name (e.g. 'tiny', 'digits-16', 'ddpm-cifar10'), or a UNet config as "
+        "ConfigMixin.load_config reads it: a config JSON, a folder or Hub repo holding config.json, or a saved "
+        "pipeline (its unet/), with UNet2DModel's field names. sample_size is set from --resolution, and out_channels "
+        "is doubled for a learned variance.",
     )
     model.add_argument(
         "--prediction_type",
@@ -125,10 +197,19 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         help="What the network predicts: ε (the paper's eq. 11 parameterization), x_0, or v.",
     )
     model.add_argument(
-        "--num_train_timesteps", type=positive_int, default=1000, help="T, the number of diffusion steps."
+        *_with_alias("--num_train_timesteps"),
+        action=_StoreNoted,
+        type=positive_int,
+        default=1000,
+        help="T, the number of diffusion steps.",
     )
     model.add_argument(
-        "--beta_schedule", type=str, default="linear", choices=TRAIN_BETA_SCHEDULES, help="The β_t schedule."
+        *_with_alias("--beta_schedule"),
+        action=_StoreNoted,
+        type=str,
+        default="linear",
+        choices=TRAIN_BETA_SCHEDULES,
+        help="The β_t schedule.",
     )
     model.add_argument(
         "--variance_type",
@@ -257,22 +338,60 @@ def _add_output_args(parser: argparse.ArgumentParser) -> None:
         help="A checkpoint folder, or 'latest' for the newest in --output_dir (a fresh start if there is none).",
     )
     io.add_argument(
-        "--save_images_steps", type=positive_int, default=1000, help="Save and log a grid of samples every N steps."
+        "--logger", type=installed_logger, default="tensorboard", choices=LOGGERS, help="Experiment tracker."
     )
-    io.add_argument("--eval_batch_size", type=positive_int, default=16, help="Number of images in each sample grid.")
-    io.add_argument(
-        "--num_inference_steps",
+    io.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
+
+
+def _add_sample_and_save_args(parser: argparse.ArgumentParser) -> None:
+    saves = parser.add_argument_group("sample grids and pipeline saves")
+    saves.add_argument(
+        "--save_images_steps",
+        type=positive_int,
+        default=None,
+        help="Save and log a grid of samples every N steps, and always at the end. Default: every "
+        f"{DEFAULT_SAVE_IMAGES_STEPS} steps unless --save_images_epochs is given.",
+    )
+    saves.add_argument(
+        "--save_images_epochs",
+        type=positive_int,
+        default=None,
+        help="Also save and log a grid after every N completed epochs (train_unconditional.py's unit).",
+    )
+    saves.add_argument(
+        "--save_model_steps",
+        type=positive_int,
+        default=None,
+        help="Save the pipeline (EMA weights, model card) to --output_dir every N steps, and always at the end; with "
+        "--push_to_hub, push it each time.",
+    )
+    saves.add_argument(
+        "--save_model_epochs",
+        type=positive_int,
+        default=None,
+        help="Also save (and push) the pipeline after every N completed epochs. Default: every "
+        f"{DEFAULT_SAVE_MODEL_EPOCHS} epochs unless --save_model_steps is given (train_unconditional.py's default).",
+    )
+    saves.add_argument(
+        "--eval_batch_size", type=positive_int, default=16, help="Number of images in each sample grid."
+    )
+    saves.add_argument(
+        *_with_alias("--num_inference_steps"),
+        action=_StoreNoted,
         type=positive_int,
         default=50,
         help="DDIM (η = 0) steps for the sample grids (at most --num_train_timesteps).",
     )
-    io.add_argument("--logger", type=str, default="tensorboard", choices=LOGGERS, help="Experiment tracker.")
-    io.add_argument("--logging_dir", type=str, default="logs", help="Tracker folder, relative to --output_dir.")
 
 
 def _add_hub_args(parser: argparse.ArgumentParser) -> None:
     hub = parser.add_argument_group("Hugging Face Hub")
-    hub.add_argument("--push_to_hub", action="store_true", default=False, help="Push the final pipeline to the Hub.")
+    hub.add_argument(
+        "--push_to_hub",
+        action="store_true",
+        default=False,
+        help="Push the pipeline to the Hub at every save (--save_model_steps/--save_model_epochs) and at the end.",
+    )
     hub.add_argument(
         "--hub_model_id", type=str, default=None, help="Repo id on the Hub; None uses the name of --output_dir."
     )
@@ -283,6 +402,41 @@ def _add_hub_args(parser: argparse.ArgumentParser) -> None:
         help="Hub token; None uses the logged-in one. Never written to the model card or the logs.",
     )
     hub.add_argument("--hub_private_repo", action="store_true", default=False, help="Create the Hub repo private.")
+    hub.add_argument(
+        "--hub_license",
+        type=str,
+        default=None,
+        help="License id for the model card's metadata (e.g. 'apache-2.0', 'mit'); None writes no license.",
+    )
+
+
+def _add_accepted_args(parser: argparse.ArgumentParser) -> None:
+    accepted = parser.add_argument_group("accepted from train_unconditional.py, with no effect here")
+    accepted.add_argument(
+        "--enable_xformers_memory_efficient_attention",
+        action="store_true",
+        default=False,
+        help="Ignored, with a warning: attention already runs through torch's scaled_dot_product_attention, which "
+        "picks a memory-efficient kernel itself.",
+    )
+    accepted.add_argument(
+        "--local_rank",
+        type=int,
+        default=-1,
+        help="Ignored: Accelerate reads each process's rank from the launcher's environment.",
+    )
+
+
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    dist = parser.add_argument_group("several processes")
+    dist.add_argument(
+        "--ddp_timeout",
+        type=positive_int,
+        default=1800,
+        help="Seconds a process waits in a collective (gradient all-reduce, barrier) before it gives up with an "
+        "error, e.g. when another process died. Long enough for the main process to download and prepare a "
+        "dataset while the others wait for it.",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,26 +457,47 @@ def build_parser() -> argparse.ArgumentParser:
         _add_ema_args,
         _add_speed_args,
         _add_output_args,
+        _add_sample_and_save_args,
         _add_hub_args,
+        _add_accepted_args,
+        _add_distributed_args,
     ):
         add_group(parser)
     return parser
 
 
+def _resolve_aliases(args: argparse.Namespace) -> None:
+    # An alias writes the same field as our name; only the two given with different values is ambiguous.
+    for given in vars(args).pop(_GIVEN, {}).values():
+        if len(set(given.values())) > 1:
+            shown = " and ".join(f"{flag} {value!r}" for flag, value in given.items())
+            raise ValueError(f"{shown} name the same setting with different values; give one of them.")
+
+
+def _resolve_save_defaults(args: argparse.Namespace) -> None:
+    if args.save_images_steps is None and args.save_images_epochs is None:
+        args.save_images_steps = DEFAULT_SAVE_IMAGES_STEPS
+    if args.save_model_steps is None and args.save_model_epochs is None:
+        args.save_model_epochs = DEFAULT_SAVE_MODEL_EPOCHS
+
+
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """
-    Check the combinations of flags that argparse cannot check one flag at a time.
+    Resolve train_unconditional.py's aliases and the save cadences' defaults, and check the combinations of flags
+    that argparse cannot check one flag at a time. Calling it again on its result changes nothing.
 
     Args:
         args (`argparse.Namespace`):
             Parsed flags, as returned by `build_parser().parse_args()`.
 
     Returns:
-        `argparse.Namespace`: `args`, unchanged.
+        `argparse.Namespace`: `args`, resolved in place.
 
     Raises:
         `ValueError`: naming the flags, their values and what is allowed.
     """
+    _resolve_aliases(args)
+    _resolve_save_defaults(args)
     # A learned variance gets no gradient from L_simple, and L_vlb needs one to train it: the two go together.
     learned = args.variance_type in LEARNED_VARIANCE_TYPES
     if learned and args.loss_type != "hybrid":

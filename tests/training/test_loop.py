@@ -125,14 +125,20 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 
 
 def test_grid_settings_the_sampler_refuses_stop_the_run_before_its_first_step(tmp_path, image_dataset, tiny_flags):
-    # The DDIM grid sampler owns the bound S <= T: it is asked before training, not at the first grid.
-    flags = ["--num_train_timesteps", "10", "--num_inference_steps", "50", "--save_images_steps", "2"]
+    # The DDIM grid sampler owns the bound S <= T. Every run ends with a grid, so it is asked before training, also
+    # when no periodic grid falls within the run.
+    flags = ["--num_train_timesteps", "10", "--save_images_steps", "1000"]
     with pytest.raises(ValueError, match=r"num_inference_steps.*\b50\b"):
-        train(parse_args(tiny_flags(tmp_path, "--max_train_steps", "2", *flags)), dataset=image_dataset)
+        train(
+            parse_args(tiny_flags(tmp_path, "--max_train_steps", "1", *flags, "--num_inference_steps", "50")),
+            dataset=image_dataset,
+        )
     assert not list(tmp_path.glob("checkpoint-*"))
-    # A run that draws no grid never asks.
-    train(parse_args(tiny_flags(tmp_path, "--max_train_steps", "1", *flags)), dataset=image_dataset)
-    assert (tmp_path / "model_index.json").is_file()
+    train(
+        parse_args(tiny_flags(tmp_path, "--max_train_steps", "1", *flags, "--num_inference_steps", "10")),
+        dataset=image_dataset,
+    )
+    assert (tmp_path / "model_index.json").is_file() and (tmp_path / "samples" / "step-0000001.png").is_file()
 
 
 def test_outputs_pipeline_card_sample_grid_and_tensorboard_scalars(tmp_path, image_dataset, tiny_flags):
@@ -233,6 +239,7 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
         "random_states_0.pkl",
         "random_states_1.pkl",
         "scheduler.bin",
+        "training_args.json",
         "unet",
         "unet_ema",
     ]
@@ -243,8 +250,8 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
             "checkpoint-4",
             "logs",
             "model_index.json",
-            "pipeline_ddpm.py",
             "README.md",
+            "samples",  # the final grid every run ends with
             "scheduler",
             "unet",
         ]
