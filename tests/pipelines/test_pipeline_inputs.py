@@ -35,6 +35,12 @@ def case(name, kwargs, error, *words, pipeline="ddim", method="__call__"):
     return pytest.param(pipeline, method, kwargs, error, words, id=name)
 
 
+def scale_case(name, guidance_scale, error, *words):
+    """A row for `guidance_scale` alone: the class-conditional pipeline, a valid label."""
+    kwargs = {"class_labels": 0, "guidance_scale": guidance_scale}
+    return case(name, kwargs, error, "guidance_scale", *words, pipeline="cond")
+
+
 CASES = [
     # batch_size: an int >= 1
     case("batch_size=0", {"batch_size": 0}, ValueError, "batch_size", ">= 1", "got 0"),
@@ -160,35 +166,11 @@ CASES = [
         method="invert",
     ),
     # guidance_scale: a finite number >= 0; only 1 (or None) without a class-conditional UNet, 0 or 1 without labels
-    case(
-        "scale_negative",
-        {"class_labels": 0, "guidance_scale": -1},
-        ValueError,
-        "guidance_scale",
-        ">= 0",
-        "-1",
-        pipeline="cond",
-    ),
-    case(
-        "scale_nan",
-        {"class_labels": 0, "guidance_scale": float("nan")},
-        ValueError,
-        "guidance_scale",
-        "nan",
-        pipeline="cond",
-    ),
-    case(
-        "scale_inf",
-        {"class_labels": 0, "guidance_scale": float("inf")},
-        ValueError,
-        "guidance_scale",
-        "inf",
-        pipeline="cond",
-    ),
-    case("scale_str", {"class_labels": 0, "guidance_scale": "2"}, TypeError, "guidance_scale", "str", pipeline="cond"),
-    case(
-        "scale_bool", {"class_labels": 0, "guidance_scale": True}, TypeError, "guidance_scale", "bool", pipeline="cond"
-    ),
+    scale_case("scale_negative", -1, ValueError, ">= 0", "-1"),
+    scale_case("scale_nan", float("nan"), ValueError, "finite", "nan"),
+    scale_case("scale_inf", float("inf"), ValueError, "finite", "inf"),
+    scale_case("scale_str", "2", TypeError, "real number", "str"),
+    scale_case("scale_bool", True, TypeError, "real number", "bool"),
     case("scale_unconditional", {"guidance_scale": 2.0}, ValueError, "guidance_scale=2.0", "unconditional"),
     case("scale_0_unconditional", {"guidance_scale": 0}, ValueError, "guidance_scale=0", "unconditional"),
     case(
