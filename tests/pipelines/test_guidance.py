@@ -379,12 +379,18 @@ def test_label_names_map_to_ids_through_id2label_as_in_dit():
 
 def test_id2label_is_written_to_model_index_and_read_back(tmp_path):
     pipe = conditional_pipe(DDIMScheduler(num_train_timesteps=10))
-    pipe.save_pretrained(tmp_path)
+    # Stock DDPMPipeline passes no class_labels, so the pipeline class is saved in the custom layout.
+    with pytest.warns(UserWarning, match="pipeline is saved in diffusers' custom-component layout.*class-conditional"):
+        pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
     assert index["id2label"] == {"0": "zero, nought", "1": "one", "2": "two"}  # JSON keys are strings
     loaded = DDPMPipeline.from_pretrained(tmp_path)
     assert loaded.id2label == ID2LABEL  # ints again
     assert loaded.get_label_ids(["two"]) == [2]
+    by_diffusers = diffusers.DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert isinstance(by_diffusers, DDPMPipeline) and by_diffusers.id2label == ID2LABEL
+    with pytest.raises(ValueError, match="class-conditional"):
+        pipe.to_diffusers()
 
 
 def test_string_keys_are_read_as_class_indices_and_an_unconditional_pipeline_has_none(tiny_unet, tmp_path):
