@@ -181,7 +181,8 @@ class DDPMPipeline(DiffusionPipeline):
     def set_memory_format(self, memory_format: torch.memory_format | None) -> None:
         """
         Choose the memory layout the UNet runs in when sampling and encoding; it changes the speed, not the numbers
-        (up to float rounding). The UNet is converted in place at the next `__call__`/`invert`.
+        (up to float rounding). The UNet is converted in place: now for an explicit layout, at the next
+        `__call__`/`invert` for `None`.
 
         Args:
             memory_format (`torch.memory_format` or `None`):
@@ -194,6 +195,8 @@ class DDPMPipeline(DiffusionPipeline):
                 f"{memory_format!r}."
             )
         self._memory_format_choice = memory_format
+        if memory_format is not None and self.unet is not None:
+            self.unet.to(memory_format=memory_format)
 
     def _prepare_memory_format(self) -> torch.memory_format:
         """Put the UNet in this call's layout (see `set_memory_format`), converting it at most once; return it."""

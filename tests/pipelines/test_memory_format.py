@@ -1,9 +1,11 @@
 """DDPMPipeline's memory layout: NHWC on the CPU by default, the same numbers as NCHW, and a way to choose."""
 
+import argparse
 from unittest import mock
 
 import pytest
 import torch
+from example_scripts import load_example
 
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 
@@ -75,6 +77,7 @@ def test_default_layout_samples_and_encodes_the_same_numbers_as_nchw(ddim_pipe, 
 def test_set_memory_format_contiguous_opts_out_and_converts_an_nhwc_unet_back(ddim_pipe, images_of):
     ddim_pipe.unet.to(memory_format=torch.channels_last)
     ddim_pipe.set_memory_format(torch.contiguous_format)
+    assert ddim_pipe.memory_format == torch.contiguous_format  # converted at once, not only at the next call
     layouts = []
     images_of(ddim_pipe, num_inference_steps=3, callback_on_step_end=record_latent_layouts(layouts))
     assert ddim_pipe.memory_format == torch.contiguous_format
@@ -103,9 +106,28 @@ def test_off_the_cpu_the_default_leaves_the_unets_layout_and_undoes_its_own_cpu_
     assert ddim_pipe._prepare_memory_format() == torch.contiguous_format
 
 
+def test_set_memory_format_channels_last_converts_at_once_and_holds_off_the_cpu(ddim_pipe, monkeypatch):
+    ddim_pipe.set_memory_format(torch.channels_last)
+    assert ddim_pipe.memory_format == torch.channels_last
+    monkeypatch.setattr(DDPMPipeline, "_execution_device", property(lambda self: torch.device("cuda")))
+    assert ddim_pipe._prepare_memory_format() == torch.channels_last
+
+
 @pytest.mark.parametrize("bad", [torch.preserve_format, "channels_last", torch.channels_last_3d])
 def test_set_memory_format_rejects_other_layouts_naming_the_argument(ddim_pipe, bad):
     with pytest.raises(
         ValueError, match=r"memory_format must be torch\.channels_last, torch\.contiguous_format or None"
     ):
         ddim_pipe.set_memory_format(bad)
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"), [([], torch.channels_last), (["--no-channels_last"], torch.contiguous_format)]
+)
+def test_example_scripts_channels_last_flag_keeps_nhwc_or_turns_it_off(ddim_pipe, images_of, flags, expected):
+    runtime_flags = load_example("runtime_flags")
+    parser = argparse.ArgumentParser()
+    runtime_flags.add_runtime_arguments(parser)
+    runtime_flags.prepare_pipeline(ddim_pipe, parser.parse_args(["--device", "cpu", *flags]))
+    images_of(ddim_pipe, num_inference_steps=2)
+    assert ddim_pipe.memory_format == expected
