@@ -48,6 +48,7 @@ _STEP_OPTION_DEFAULTS = {"eta": 0.0, "sigma_hat": False, "use_clipped_model_outp
 VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 # Slack on the declared range, so that a float round trip (e.g. 0.5 + 0.5·x) landing a hair outside is not refused.
 _RANGE_TOLERANCE = 1e-4
+_MEMORY_FORMATS = (torch.channels_last, torch.contiguous_format)
 
 
 def slerp(x0: torch.Tensor, x1: torch.Tensor, lam: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -137,7 +138,8 @@ class DDPMPipeline(DiffusionPipeline):
     A drop-in for `diffusers.DDPMPipeline` (same weights, scheduler and generator give the same images), plus DDIM's
     `eta` and σ̂, `latents=`, step-end callbacks, DDIM encoding ([`~DDPMPipeline.invert`]), slerp interpolation
     ([`~DDPMPipeline.interpolate`]) and, for a class-conditional UNet, `class_labels` and `guidance_scale` as in
-    diffusers' `DiTPipeline`.
+    diffusers' `DiTPipeline`. On the CPU the UNet runs in NHWC (channels_last), which is faster there and gives the
+    same numbers up to float rounding; [`~DDPMPipeline.set_memory_format`] chooses another layout.
 
     Parameters:
         unet ([`~hf_ddpm.models.unet_2d.DDPMUNet2DModel`] or `diffusers.UNet2DModel`):
@@ -152,6 +154,9 @@ class DDPMPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents", "class_labels"]
+    # `set_memory_format`'s choice (None: NHWC on the CPU), and the UNet that choice converted to NHWC on the CPU.
+    _memory_format_choice: torch.memory_format | None = None
+    _auto_channels_last_unet: torch.nn.Module | None = None
 
     def __init__(self, unet: torch.nn.Module, scheduler: SchedulerMixin, id2label: dict[int, str] | None = None):
         super().__init__()
@@ -180,8 +185,9 @@ class DDPMPipeline(DiffusionPipeline):
 
     @property
     def memory_format(self) -> torch.memory_format:
-        """The UNet's convolution layout (`torch.channels_last` after `pipe.unet.to(memory_format=...)`); x_t is kept
-        in it so that no convolution converts its input at every step."""
+        """The layout the UNet's convolution weights are in now (`torch.channels_last` after a CPU call, see
+        [`~DDPMPipeline.set_memory_format`]); x_t is kept in it so that no convolution converts its input at every
+        step."""
         for parameter in self.unet.parameters():
             if parameter.ndim != 4:
                 continue
@@ -298,6 +304,39 @@ class DDPMPipeline(DiffusionPipeline):
             )
         return labels
 
+    def set_memory_format(self, memory_format: torch.memory_format | None) -> None:
+        """
+        Choose the memory layout the UNet runs in when sampling and encoding; it changes the speed, not the numbers
+        (up to float rounding). The UNet is converted in place: now for an explicit layout, at the next
+        `__call__`/`invert` for `None`.
+
+        Args:
+            memory_format (`torch.memory_format` or `None`):
+                `torch.channels_last` (NHWC), `torch.contiguous_format` (NCHW) or `None`, the default: NHWC on the CPU,
+                where it is measured faster (`benchmarks/README.md`), and on other devices the layout the UNet has.
+        """
+        if memory_format is not None and memory_format not in _MEMORY_FORMATS:
+            raise ValueError(
+                f"memory_format must be torch.channels_last, torch.contiguous_format or None (NHWC on the CPU), got "
+                f"{memory_format!r}."
+            )
+        self._memory_format_choice = memory_format
+        if memory_format is not None and self.unet is not None:
+            self.unet.to(memory_format=memory_format)
+
+    def _prepare_memory_format(self) -> torch.memory_format:
+        """Put the UNet in this call's layout (see `set_memory_format`), converting it at most once; return it."""
+        target = self._memory_format_choice
+        if target is None and self._execution_device.type == "cpu":
+            target = torch.channels_last
+            self._auto_channels_last_unet = self.unet
+        elif target is None and self._auto_channels_last_unet is self.unet:
+            # Moved off the CPU after the default converted it: give the UNet back its own layout.
+            target, self._auto_channels_last_unet = torch.contiguous_format, None
+        if target is not None and self.memory_format != target:
+            self.unet.to(memory_format=target)
+        return self.memory_format
+
     # ---------------------------------------------------------------------------------------------- sampling
     @property
     def num_timesteps(self) -> int:
@@ -391,7 +430,7 @@ class DDPMPipeline(DiffusionPipeline):
             num_inference_steps = self.default_num_inference_steps
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         self._num_timesteps = len(self.scheduler.timesteps)
-        latents = self._prepare_latents(batch_size, generator, latents)
+        latents = self._prepare_latents(batch_size, generator, latents, self._prepare_memory_format())
 
         uses_learned_variance = self._uses_learned_variance(self.scheduler)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
@@ -482,13 +521,15 @@ class DDPMPipeline(DiffusionPipeline):
                 )
         return kwargs
 
-    def _prepare_latents(self, batch_size: int, generator: Any, latents: torch.Tensor | None) -> torch.Tensor:
+    def _prepare_latents(
+        self, batch_size: int, generator: Any, latents: torch.Tensor | None, memory_format: torch.memory_format
+    ) -> torch.Tensor:
         """x_T ~ N(0, I) (DDPM Algorithm 2, line 1) or the given (checked) `latents`, times the scheduler's initial
         sigma (1 for DDPM/DDIM), in the UNet's memory format."""
         if latents is None:
             shape = (batch_size, *self.sample_shape)
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-        return (latents * self.scheduler.init_noise_sigma).contiguous(memory_format=self.memory_format)
+        return (latents * self.scheduler.init_noise_sigma).contiguous(memory_format=memory_format)
 
     def _check_latents(self, latents: Any, shape: tuple, device: torch.device, dtype: torch.dtype) -> None:
         if not isinstance(latents, torch.Tensor):
@@ -579,7 +620,8 @@ class DDPMPipeline(DiffusionPipeline):
         self._check_components()
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        sample = self._images_to_model_space(images, value_range).contiguous(memory_format=self.memory_format)
+        memory_format = self._prepare_memory_format()
+        sample = self._images_to_model_space(images, value_range).contiguous(memory_format=memory_format)
         guidance = self._prepare_guidance(class_labels, guidance_scale, sample.shape[0], 1.0, "{} images were given")
         self._warn_if_decoding_changes_x0()
         # Encoding visits the sampling schedule backwards: from the clean end up to the noisiest timestep.
