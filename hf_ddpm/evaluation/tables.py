@@ -428,15 +428,18 @@ def solver_scheduler(name: str, config: Mapping[str, Any], timestep_spacing: str
     if name not in SOLVERS:
         raise ValueError(f"`name` must be one of {sorted(SOLVERS)}, got {name!r}.")
     scheduler_class, settings = SOLVERS[name]
-    trained = {key: value for key, value in config.items() if key != "_use_default_values"}
     overrides = {"clip_sample": False, "timestep_spacing": timestep_spacing, "variance_type": None, **settings}
-    return scheduler_class.from_config({**trained, **overrides})
+    return scheduler_class.from_config({**_every_key(config), **overrides})
+
+
+def _every_key(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` without its record of which keys hold defaults, so that `from_config` passes every key on."""
+    return {key: value for key, value in config.items() if key != "_use_default_values"}
 
 
 def _reference_scheduler(config: Mapping[str, Any]) -> DDPMScheduler:
     """DDPM's ancestral sampler over all T steps (DDPM Algorithm 2), unclipped, with the model's variance."""
-    trained = {key: value for key, value in config.items() if key != "_use_default_values"}
-    return DDPMScheduler.from_config({**trained, "clip_sample": False, "timestep_spacing": "leading"})
+    return DDPMScheduler.from_config({**_every_key(config), "clip_sample": False, "timestep_spacing": "leading"})
 
 
 def _steps_within(scheduler: SchedulerMixin, nfe: int, num_train_timesteps: int) -> int | None:
