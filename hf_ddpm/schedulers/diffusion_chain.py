@@ -5,6 +5,7 @@ The float64 tables of the current sampling chain and their cached per-device gat
 clipping of x̂_0. Diffusers' timestep t (0 .. T-1) is the paper's t + 1: diffusers' t = 0 is the decoder step.
 """
 
+import numbers
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -19,6 +20,44 @@ PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 
 def _is_integer(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_float_tensor(value: Any, name: str) -> None:
+    # Integer samples would make every coefficient gather round to 0 or 1 (the tables are cast to the sample's dtype).
+    if not torch.is_tensor(value):
+        raise TypeError(f"`{name}` must be a floating-point torch.Tensor, got {type(value).__name__}.")
+    if not value.is_floating_point():
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor (float16, bfloat16, float32 or float64), got {value.dtype}."
+        )
+
+
+def check_schedule_arguments(num_train_timesteps: Any, beta_start: Any, beta_end: Any, trained_betas: Any) -> None:
+    """
+    The `__init__` arguments the diffusers parent would crash on (T = 2.0, a string β) or keep silently (T = 0,
+    `trained_betas` of the wrong length or with NaN): checked before the parent's `__init__` runs.
+    """
+    if not _is_integer(num_train_timesteps) or num_train_timesteps < 1:
+        raise ValueError(f"`num_train_timesteps` must be an int ≥ 1, got {num_train_timesteps!r}.")
+    if trained_betas is None:
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not isinstance(value, numbers.Real) or isinstance(value, bool):
+                raise TypeError(f"`{name}` must be a number in (0, 1), got {value!r}.")
+        return
+    try:
+        betas = np.asarray(trained_betas, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"`trained_betas` must be a 1-d sequence of numbers, got {type(trained_betas).__name__}."
+        ) from e
+    if betas.shape != (num_train_timesteps,):
+        raise ValueError(
+            f"`trained_betas` must be 1-d with num_train_timesteps={num_train_timesteps} values, got shape "
+            f"{betas.shape}."
+        )
+    if not np.isfinite(betas).all():
+        index = int(np.flatnonzero(~np.isfinite(betas))[0])
+        raise ValueError(f"`trained_betas` must be finite, got {betas[index]} at index {index}.")
 
 
 class DiffusionChainMixin:
@@ -37,6 +76,11 @@ class DiffusionChainMixin:
         return 1.0
 
     def _check_config(self) -> None:
+        """Checks the options and the β_t the parent built; called once from `__init__`."""
+        steps_offset = self.config.steps_offset
+        if not _is_integer(steps_offset) or steps_offset < 0:
+            raise ValueError(f"`steps_offset` must be an int ≥ 0, got {steps_offset!r}.")
+        self._check_betas()
         if self.config.prediction_type not in PREDICTION_TYPES:
             raise ValueError(
                 f"`prediction_type` must be one of {PREDICTION_TYPES}, got {self.config.prediction_type!r}."
@@ -44,6 +88,38 @@ class DiffusionChainMixin:
         if self.config.timestep_spacing not in TIMESTEP_SPACINGS:
             raise ValueError(
                 f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {self.config.timestep_spacing!r}."
+            )
+
+    def _beta_source(self) -> str:
+        """The arguments the β_t came from, for error messages."""
+        if self.config.trained_betas is not None:
+            return "`trained_betas`"
+        config = self.config
+        return (
+            f"`beta_schedule`={config.beta_schedule!r}, `beta_start`={config.beta_start}, `beta_end`={config.beta_end}"
+        )
+
+    def _check_betas(self) -> None:
+        """
+        0 < β_t < 1 for every t, so that 0 < ᾱ_t < 1 (DDPM eq. 4 has noise and signal at every step). With
+        `rescale_betas_zero_snr` the last β is 1 (ᾱ_T = 0, zero terminal SNR, Lin et al. 2023), as the parent builds it.
+        """
+        betas = self.betas.to(torch.float64)
+        upper = torch.ones_like(betas)
+        upper[-1] = 2.0 if self.config.rescale_betas_zero_snr else 1.0  # β_T = 1 allowed there
+        bad = ~((betas > 0) & (betas < upper))  # also catches NaN
+        if bool(bad.any()):
+            t = int(bad.nonzero()[0])
+            allowed = "(0, 1), or 1 at the last t with rescale_betas_zero_snr" if t == len(betas) - 1 else "(0, 1)"
+            raise ValueError(
+                f"β_t must be in {allowed} at every t; {self._beta_source()} give β = {float(betas[t]):.6g} at t = {t}."
+            )
+        alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        underflow = alphas_cumprod[: len(betas) - int(self.config.rescale_betas_zero_snr)] <= 0
+        if bool(underflow.any()):
+            t = int(underflow.nonzero()[0])
+            raise ValueError(
+                f"ᾱ_t = ∏(1 − β_s) must stay > 0; {self._beta_source()} make it underflow to 0 at t = {t}."
             )
 
     def _init_tables(self) -> None:
@@ -108,6 +184,12 @@ class DiffusionChainMixin:
         """The int64 form of a 0-d/1-d timestep tensor whose length fits `like`'s batch (no device sync)."""
         if not torch.is_tensor(timesteps):
             raise ValueError(f"`{name}` must be an int or a 0-d/1-d integer tensor, got {type(timesteps).__name__}.")
+        if timesteps.is_floating_point() or timesteps.is_complex() or timesteps.dtype == torch.bool:
+            # Refused rather than rounded: whether a CUDA float is integral cannot be checked without a device sync,
+            # and diffusers' schedulers and pipelines index with integer timesteps too.
+            raise ValueError(
+                f"`{name}` must be an int or an integer tensor, got a {timesteps.dtype} tensor; convert with `.long()`."
+            )
         if timesteps.ndim > 1:
             raise ValueError(
                 f"`{name}` must be 0-d or 1-d (one per batch element), got shape {tuple(timesteps.shape)}."
@@ -117,7 +199,7 @@ class DiffusionChainMixin:
                 f"`{name}` has {timesteps.shape[0]} entries but the sample's batch size is {like.shape[0]}; pass one "
                 "timestep, or one per batch element."
             )
-        return (timesteps.round() if timesteps.is_floating_point() else timesteps).long()
+        return timesteps.long()
 
     def _check_int_timestep(self, value: int, scheduled: bool, name: str) -> int:
         if not 0 <= value < self.config.num_train_timesteps:
@@ -137,6 +219,18 @@ class DiffusionChainMixin:
             if bool(out_of_range.any()):
                 self._raise_out_of_range(timesteps.tolist(), name)
             self._raise_unscheduled(timesteps.tolist(), name)
+
+    def _check_original_sample_defined(self, t: int | torch.Tensor, name: str = "timestep") -> None:
+        """Zero terminal SNR (ᾱ_T = 0) leaves ε-prediction no x̂_0 at T: eq. 15 divides by √ᾱ_T (the parent gives NaN)."""
+        if self.config.prediction_type != "epsilon" or not self.config.rescale_betas_zero_snr:
+            return
+        last = self.config.num_train_timesteps - 1
+        if (t == last) if isinstance(t, int) else bool((t == last).any()):
+            raise ValueError(
+                f"`{name}`={last} has ᾱ_t = 0 (rescale_betas_zero_snr=True), where prediction_type='epsilon' gives no "
+                f"x̂_0 (DDPM eq. 15 divides by √ᾱ_t); use prediction_type='v_prediction' (Lin et al. 2023) or a "
+                f"schedule that starts below t = {last} (e.g. timestep_spacing='leading')."
+            )
 
     def _raise_out_of_range(self, value: Any, name: str) -> None:
         T = self.config.num_train_timesteps
@@ -245,6 +339,9 @@ class DiffusionChainMixin:
 
     @staticmethod
     def _check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+        """Both are floating-point tensors of one shape (no broadcasting: a mismatch is a caller's bug)."""
+        check_float_tensor(a, name_a)
+        check_float_tensor(b, name_b)
         if a.shape != b.shape:
             raise ValueError(f"`{name_a}` has shape {tuple(a.shape)} but `{name_b}` has shape {tuple(b.shape)}.")
 

@@ -4,6 +4,7 @@ Diffusers' timestep t (0 .. T-1) is the paper's t + 1 throughout.
 """
 
 import math
+import numbers
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -13,7 +14,13 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .diffusion_chain import DiffusionChainMixin, PredictionType
+from .diffusion_chain import (
+    DiffusionChainMixin,
+    PredictionType,
+    _is_integer,
+    check_float_tensor,
+    check_schedule_arguments,
+)
 from .timestep_spacing import TimestepSpacing
 
 DDIMBetaSchedule = Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
@@ -22,7 +29,7 @@ DDIM_BETA_SCHEDULES: tuple[str, ...] = get_args(DDIMBetaSchedule)  # the parent 
 
 def _check_eta(eta: Any) -> float:
     """η of DDIM eq. 16 as a float, after checking it is a finite number ≥ 0."""
-    if not isinstance(eta, (int, float)) or isinstance(eta, bool) or not math.isfinite(eta) or eta < 0:
+    if not isinstance(eta, numbers.Real) or isinstance(eta, bool) or not math.isfinite(eta) or eta < 0:
         raise ValueError(f"`eta` must be a finite number ≥ 0 (0: DDIM, 1: DDPM's fixed small), got {eta!r}.")
     return float(eta)
 
@@ -90,6 +97,7 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         timestep_spacing: TimestepSpacing = "leading",
         rescale_betas_zero_snr: bool = False,
     ):
+        check_schedule_arguments(num_train_timesteps, beta_start, beta_end, trained_betas)
         if trained_betas is None and beta_schedule not in DDIM_BETA_SCHEDULES:
             raise ValueError(f"`beta_schedule` must be one of {DDIM_BETA_SCHEDULES}, got {beta_schedule!r}.")
         super().__init__(
@@ -140,7 +148,9 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
             `torch.Tensor`: σ, broadcastable against `like`.
         """
         eta = _check_eta(eta)
-        t = self._as_timesteps(timestep, like, scheduled=True)
+        if like is not None:
+            check_float_tensor(like, "like")
+        t = self._as_timesteps(timestep, like, scheduled=True, name="timestep")
         if like is None:  # a 1-d float64 stand-in: σ comes back 0-d for an int, 1-d for a batch of timesteps
             like = torch.empty(0, dtype=torch.float64, device=None if isinstance(t, int) else t.device)
         return self._sigma(t, eta, sigma_hat, like)
@@ -211,7 +221,8 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
             if generator is not None:
                 raise ValueError("Pass at most one of `generator` and `variance_noise`, got both.")
             self._check_same_shape(variance_noise, sample, "variance_noise", "sample")
-        t = self._as_timesteps(timestep, sample, scheduled=True)
+        t = self._as_timesteps(timestep, sample, scheduled=True, name="timestep")
+        self._check_original_sample_defined(t)
         if eta > 1 and not sigma_hat:
             self._check_eta_defined(eta, t)
 
@@ -250,6 +261,8 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
         Returns:
             `int` or `torch.Tensor` (0-d, on the input's device), as given.
         """
+        if not _is_integer(timestep):  # a tensor: checked for an integer dtype, then read (one sync)
+            timestep = self._timestep_tensor(timestep, None, "timestep")
         value = int(timestep)
         schedule = self.timesteps.tolist()
         if value == -1:
@@ -294,7 +307,7 @@ class DDIMScheduler(DiffusionChainMixin, DiffusersDDIMScheduler):
             scheduler), `pred_original_sample` holds x̂_0.
         """
         self._check_same_shape(model_output, sample, "model_output", "sample")
-        t = self._as_timesteps(timestep, sample, scheduled=True)
+        t = self._as_timesteps(timestep, sample, scheduled=True, name="timestep")
         pred_epsilon = self._x0_and_noise(model_output, sample, t)[1]  # ε̂, whatever the prediction type
         sqrt_alpha_prod_prev = self._gather("sqrt_alphas_cumprod_prev", t, sample)
         sqrt_one_minus_alpha_prod_prev = self._gather("sqrt_one_minus_alphas_cumprod_prev", t, sample)

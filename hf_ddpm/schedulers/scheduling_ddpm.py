@@ -14,7 +14,7 @@ from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .diffusion_chain import DiffusionChainMixin, PredictionType
+from .diffusion_chain import DiffusionChainMixin, PredictionType, check_float_tensor, check_schedule_arguments
 from .gaussian_likelihood import discretized_gaussian_log_likelihood, normal_kl
 from .timestep_spacing import TimestepSpacing
 
@@ -109,6 +109,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
+        check_schedule_arguments(num_train_timesteps, beta_start, beta_end, trained_betas)
         if trained_betas is None and beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"`beta_schedule` must be one of {BETA_SCHEDULES}, got {beta_schedule!r}.")
         if variance_type not in VARIANCE_TYPES:
@@ -171,6 +172,8 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         if self.config.variance_type not in LEARNED_VARIANCE_TYPES:
             self._check_same_shape(model_output, sample, "model_output", "sample")
             return
+        check_float_tensor(model_output, "model_output")
+        check_float_tensor(sample, "sample")
         if sample.ndim < 2 or model_output.shape != (sample.shape[0], 2 * sample.shape[1], *sample.shape[2:]):
             channels = sample.shape[1] if sample.ndim >= 2 else "C"
             raise ValueError(
@@ -210,10 +213,13 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         Returns:
             `tuple[torch.Tensor, torch.Tensor]`: (σ_t², log σ_t²), broadcast to the sample's shape.
         """
+        check_float_tensor(sample, "sample")
         t = self._as_timesteps(timesteps, sample, scheduled=True)
         variance_type = self.config.variance_type
-        if variance_type in LEARNED_VARIANCE_TYPES and predicted_variance is None:
-            raise ValueError(f"`variance_type`={variance_type!r} needs the model's `predicted_variance` channels.")
+        if variance_type in LEARNED_VARIANCE_TYPES:
+            if predicted_variance is None:
+                raise ValueError(f"`variance_type`={variance_type!r} needs the model's `predicted_variance` channels.")
+            check_float_tensor(predicted_variance, "predicted_variance")
         return self._model_variance(t, sample, predicted_variance)
 
     def _model_variance(
@@ -259,6 +265,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         """
         t = self._as_timesteps(timesteps, sample, scheduled=True)
         self._check_model_output(model_output, sample)
+        self._check_original_sample_defined(t, "timesteps")
         return self._p_mean_variance(model_output, sample, t, clip_sample)
 
     def _p_mean_variance(
@@ -290,6 +297,7 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         Returns:
             `torch.Tensor`: shape (batch,), in at least float32.
         """
+        check_float_tensor(original_sample, "original_sample")
         x0 = original_sample.to(torch.promote_types(original_sample.dtype, torch.float32))
         last = self.config.num_train_timesteps - 1  # diffusers' T - 1 is the paper's T
         mean = self._gather("sqrt_alphas_cumprod", last, x0) * x0
@@ -438,8 +446,9 @@ class DDPMScheduler(DiffusionChainMixin, DiffusersDDPMScheduler):
         Returns:
             `DDPMSchedulerOutput` or `tuple`: `prev_sample` (x_prev) and `pred_original_sample` (x̂_0).
         """
-        t = self._as_timesteps(timestep, sample, scheduled=True)
+        t = self._as_timesteps(timestep, sample, scheduled=True, name="timestep")
         self._check_model_output(model_output, sample)
+        self._check_original_sample_defined(t)
         p = self._p_mean_variance(model_output, sample, t, clip_sample=None)  # x̂_0, μ_θ and σ_t²
         prev_sample = p.mean
         if not (isinstance(t, int) and int(self.prev_timesteps[t]) < 0):  # z = 0 on the schedule's last step

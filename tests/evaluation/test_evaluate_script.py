@@ -47,11 +47,12 @@ def test_script_writes_markdown_csv_and_plot(tiny_pipeline_dir, tmp_path):
 
 
 @pytest.mark.slow  # trains the 8 px digit classifier (the tiny model's size) into a temporary cache
-def test_script_writes_the_fdd_quality_table(tiny_pipeline_dir, tmp_path, monkeypatch):
+def test_script_writes_the_fdd_quality_table(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DDPM_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "eval"
+    gray_pipeline_dir = save_tiny_pipeline(tmp_path / "pipe", num_train_timesteps=10, in_channels=1, out_channels=1)
     load_example("evaluate").main(
-        ["--pretrained", str(tiny_pipeline_dir), "--output_dir", str(out), "--tables", "quality", "--metric", "fdd",
+        ["--pretrained", str(gray_pipeline_dir), "--output_dir", str(out), "--tables", "quality", "--metric", "fdd",
          "--steps", "2,10", "--etas", "0", "--no_sigma_hat", "--spacings", "linear", "--num_samples", "16",
          "--num_threads", "1"]
     )  # fmt: skip
