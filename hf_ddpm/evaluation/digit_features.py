@@ -10,7 +10,8 @@ the feature space. The reference set is the diffusion training split, as FID's i
 - precision and recall (Kynkäänniemi et al. 2019): the share of generated samples inside the real manifold, and
   of real samples inside the generated one, each manifold a union of k-nearest-neighbour balls.
 
-The trained classifier and the reference features are cached in `digit_cache_dir()` (`HF_DDPM_CACHE`, else
+`reference_class=c` compares the samples with the real digits of class c alone (per-class metrics of a
+class-conditional model). The trained classifier and the reference features (with their labels) are cached in `digit_cache_dir()` (`HF_DDPM_CACHE`, else
 `~/.cache/hf_ddpm`): a safetensors file of weights, one of reference features and a JSON of the config and the
 held-out accuracy, in a folder named after the config.
 """
@@ -46,7 +47,7 @@ __all__ = [
     "precision_recall",
 ]
 
-_FORMAT_VERSION = 1  # part of the cache key: bump when training changes what a config produces
+_FORMAT_VERSION = 2  # part of the cache key: bump when training changes what a config produces
 
 
 @dataclass(frozen=True)
@@ -105,12 +106,14 @@ class DigitFeatureSpace:
         config (`DigitClassifierConfig`): how it was trained.
         held_out_accuracy (`float`): its accuracy on the diffusion training split, which it never saw.
         reference_features (`torch.Tensor`): (N, feature_dim) features of the diffusion training split.
+        reference_labels (`torch.Tensor`): (N,) their digits, int64.
     """
 
     net: DigitConvNet
     config: DigitClassifierConfig
     held_out_accuracy: float
     reference_features: torch.Tensor
+    reference_labels: torch.Tensor
 
     @torch.no_grad()
     def features(self, images: Sequence[Image.Image] | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -164,14 +167,14 @@ def _train_and_save(config: DigitClassifierConfig, folder: Path) -> None:
 
     diffusion_train, held_out = mnist_training_and_held_out_digits()
     net = _train(config, _as_batch(held_out["image"], config.resolution), torch.tensor(held_out["label"]))
-    x_eval = _as_batch(diffusion_train["image"], config.resolution)
+    x_eval, labels = _as_batch(diffusion_train["image"], config.resolution), torch.tensor(diffusion_train["label"])
     with torch.no_grad():
-        accuracy = float((net(x_eval).argmax(1) == torch.tensor(diffusion_train["label"])).float().mean())
+        accuracy = float((net(x_eval).argmax(1) == labels).float().mean())
     folder.mkdir(parents=True, exist_ok=True)
     # Written under temporary names and renamed, config.json last: a folder with config.json is complete.
     files = {
         "model.safetensors": net.state_dict(),
-        "reference_features.safetensors": {"features": _features(net, x_eval)},
+        "reference_features.safetensors": {"features": _features(net, x_eval), "labels": labels.long()},
     }
     for name, tensors in files.items():
         save_file({k: v.contiguous() for k, v in tensors.items()}, folder / f"{name}.tmp")
@@ -190,8 +193,10 @@ def _load(config: DigitClassifierConfig, folder: Path) -> DigitFeatureSpace:
     net = DigitConvNet(config.resolution, config.channels, config.feature_dim)
     net.load_state_dict(load_file(folder / "model.safetensors"))
     meta = json.loads((folder / "config.json").read_text())
-    reference = load_file(folder / "reference_features.safetensors")["features"]
-    return DigitFeatureSpace(net.eval(), config, float(meta["held_out_accuracy"]), reference)
+    reference = load_file(folder / "reference_features.safetensors")
+    return DigitFeatureSpace(
+        net.eval(), config, float(meta["held_out_accuracy"]), reference["features"], reference["labels"]
+    )
 
 
 def get_digit_feature_space(
@@ -328,6 +333,7 @@ def digit_feature_metrics(
     *,
     reference_features: torch.Tensor | None = None,
     feature_space: DigitFeatureSpace | None = None,
+    reference_class: int | None = None,
     num_bootstrap: int = 100,
     k: int = 3,
     seed: int = 0,
@@ -346,6 +352,9 @@ def digit_feature_metrics(
             (M, d) real features; defaults to those of the diffusion training split.
         feature_space ([`DigitFeatureSpace`], *optional*):
             Defaults to `get_digit_feature_space(R)`, R the images' side (16 for PIL images).
+        reference_class (`int`, *optional*):
+            A digit 0-9: compare with the real digits of that class only (about 400), e.g. the samples a
+            class-conditional model drew for it. Not with `reference_features`.
         num_bootstrap (`int`, *optional*, defaults to 100):
             B, resamples for FDD's standard error; 0 skips it (nan).
         k (`int`, *optional*, defaults to 3):
@@ -356,9 +365,17 @@ def digit_feature_metrics(
     Returns:
         [`DigitFeatureMetricsOutput`]
     """
+    if reference_class is not None and (
+        isinstance(reference_class, bool) or not isinstance(reference_class, int) or not 0 <= reference_class <= 9
+    ):
+        raise ValueError(f"`reference_class` must be a digit 0-9 or None, got {reference_class!r}.")
+    if reference_class is not None and reference_features is not None:
+        raise ValueError("give `reference_features` or `reference_class`, not both.")
     feature_space = feature_space or get_digit_feature_space(image_resolution(images))
     generated = feature_space.features(images)
     reference = feature_space.reference_features if reference_features is None else reference_features
+    if reference_class is not None:
+        reference = reference[feature_space.reference_labels == reference_class]
     if len(generated) < 2:
         raise ValueError(f"`images` must hold at least 2 images, got {len(generated)}.")
     fdd, std_error = frechet_digit_distance(generated, reference, num_bootstrap=num_bootstrap, seed=seed)

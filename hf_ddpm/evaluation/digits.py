@@ -2,7 +2,8 @@
 
 `digit_score` reports the share of samples whose top class probability is ≥ `confidence` and the class histogram
 with its normalized entropy (1 = all ten classes equally often). It says "legible digits of every class", not
-"these match the data distribution".
+"these match the data distribution". `class_accuracy` scores a class-conditional model: the share of samples
+classified, confidently, as the digit they were asked to be.
 
 The classifier (scikit-learn's `MLPClassifier`) trains on the held-out split of
 `hf_ddpm.data.mnist_training_and_held_out_digits`, which the diffusion model never sees, and is measured on the
@@ -21,7 +22,7 @@ from PIL import Image
 
 from hf_ddpm.data import make_transform, mnist_training_and_held_out_digits
 
-__all__ = ["DigitClassifier", "digit_score", "get_digit_classifier", "images_to_features"]
+__all__ = ["DigitClassifier", "class_accuracy", "digit_score", "get_digit_classifier", "images_to_features"]
 
 
 @dataclass
@@ -156,14 +157,7 @@ def digit_score(
             - `classifier_accuracy` (`float`), `real_confident_share` (`float`): the classifier on real digits
               it never saw, i.e. what the score means and its ceiling.
     """
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}.")
-    if resolution is None:
-        resolution = classifier.resolution if classifier is not None else image_resolution(images)
-    classifier = classifier or get_digit_classifier(resolution)
-    proba = classifier.predict_proba(images)
-    if len(proba) == 0:
-        raise ValueError("`images` is empty.")
+    classifier, proba = _probabilities(images, resolution, confidence, classifier)
     confident = proba.max(1) >= confidence
     histogram = np.bincount(proba.argmax(1)[confident], minlength=10)
     share = histogram / max(1, histogram.sum())
@@ -173,9 +167,84 @@ def digit_score(
         "class_histogram": histogram.tolist(),
         "class_entropy": entropy,
         "max_min_ratio": float(histogram.max() / histogram.min()) if histogram.min() > 0 else float("inf"),
-        "num_samples": int(len(proba)),
+        **_about(classifier, len(proba), confidence),
+    }
+
+
+def _probabilities(
+    images: Sequence[Image.Image] | np.ndarray | torch.Tensor,
+    resolution: int | None,
+    confidence: float,
+    classifier: DigitClassifier | None,
+) -> tuple[DigitClassifier, np.ndarray]:
+    """The classifier (by default the one of the images' resolution) and its probabilities [N, 10] of `images`."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}.")
+    if resolution is None:
+        resolution = classifier.resolution if classifier is not None else image_resolution(images)
+    classifier = classifier or get_digit_classifier(resolution)
+    proba = classifier.predict_proba(images)
+    if len(proba) == 0:
+        raise ValueError("`images` is empty.")
+    return classifier, proba
+
+
+def _about(classifier: DigitClassifier, num_samples: int, confidence: float) -> dict:
+    """What a score means: its sample count and threshold, and the classifier's accuracy and ceiling on real digits."""
+    return {
+        "num_samples": int(num_samples),
         "confidence": confidence,
-        "resolution": resolution,
+        "resolution": classifier.resolution,
         "classifier_accuracy": classifier.held_out_accuracy,
         "real_confident_share": classifier.real_confident_share,
+    }
+
+
+def class_accuracy(
+    images: Sequence[Image.Image] | np.ndarray | torch.Tensor,
+    requested_labels: Sequence[int] | np.ndarray | torch.Tensor,
+    confidence: float = 0.9,
+    classifier: DigitClassifier | None = None,
+) -> dict:
+    """
+    Score the samples of a class-conditional digit model: a sample is right when the classifier, trained on real
+    held-out digits, gives its top probability ≥ `confidence` to the digit it was asked to be.
+
+    Args:
+        images (`Sequence[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            The samples, in any layout `images_to_features` accepts.
+        requested_labels (`Sequence[int]`, `np.ndarray` or `torch.Tensor`):
+            The digit (0-9) each sample was drawn for, one per image.
+        confidence (`float`, defaults to 0.9):
+            The probability the requested digit must reach.
+        classifier (`DigitClassifier`, *optional*):
+            Defaults to `get_digit_classifier(R)`, R the images' side (PIL images: 16).
+
+    Returns:
+        `dict` with
+            - `accuracy` (`float`): share of samples classified as their requested digit with probability ≥
+              `confidence`;
+            - `confident_share` (`float`): share classified as any digit with probability ≥ `confidence`;
+            - `per_class_accuracy` (`list[float | None]`): `accuracy` among the samples requested as each digit 0..9
+              (`None` for a digit none was requested as);
+            - `per_class_count` (`list[int]`): how many samples were requested as each digit;
+            - `num_samples`, `confidence`, `resolution`, `classifier_accuracy`, `real_confident_share`: as in
+              `digit_score`.
+    """
+    labels = np.asarray(requested_labels.cpu() if isinstance(requested_labels, torch.Tensor) else requested_labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer) or ((labels < 0) | (labels > 9)).any():
+        raise ValueError(f"`requested_labels` must be a 1-d sequence of digits 0-9, got {labels.tolist()!r:.200}.")
+    classifier, proba = _probabilities(images, None, confidence, classifier)
+    if len(labels) != len(proba):
+        raise ValueError(f"`requested_labels` holds {len(labels)} labels for {len(proba)} images; give one per image.")
+    confident = proba.max(1) >= confidence
+    right = confident & (proba.argmax(1) == labels)
+    counts = np.bincount(labels, minlength=10)
+    right_counts = np.bincount(labels[right], minlength=10)
+    return {
+        "accuracy": float(right.mean()),
+        "confident_share": float(confident.mean()),
+        "per_class_accuracy": [float(r / n) if n else None for r, n in zip(right_counts, counts)],
+        "per_class_count": counts.tolist(),
+        **_about(classifier, len(proba), confidence),
     }

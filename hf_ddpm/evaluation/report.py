@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["markdown_table", "plot_solver_table", "plot_tables", "quality_cell", "write_csv"]
+__all__ = ["guidance_markdown_rows", "markdown_table", "plot_solver_table", "plot_tables", "quality_cell", "write_csv"]
 
 
 def _format(value: Any) -> str:
@@ -24,6 +24,25 @@ def quality_cell(row: dict) -> Any:
     if "std_error" not in row:
         return row["value"]
     return f"{_format(row['value'])} ± {_format(row['std_error'])} (P {row['precision']:.2f}, R {row['recall']:.2f})"
+
+
+def _plus_minus(value: float, error: float) -> str:
+    return f"{_format(value)} ± {_format(error)}"
+
+
+def guidance_markdown_rows(rows: list[dict]) -> list[dict]:
+    """The guidance table as read: one row per scale s, FDDs as "value ± standard error", shares as percentages."""
+    readable = []
+    for row in rows:
+        entry = {"s": row["guidance_scale"], "w = s − 1": row["w"], "model": row["model"]}
+        entry["class accuracy"] = f"{row['class_accuracy']:.1%}"
+        entry["confident"] = f"{row['confident_share']:.1%}"
+        if "fdd" in row:
+            entry["FDD per class"] = _plus_minus(row["fdd_per_class"], row["fdd_per_class_std_error"])
+            entry["precision"], entry["recall"] = f"{row['precision']:.2f}", f"{row['recall']:.2f}"
+            entry["FDD all digits"] = _plus_minus(row["fdd"], row["fdd_std_error"])
+        readable.append({**entry, "samples": row["num_samples"]})
+    return readable
 
 
 def _columns(rows: list[dict]) -> list[str]:

@@ -1,5 +1,6 @@
 """The papers' tables for one pipeline: DDIM Table 1 (quality vs steps), DDIM Table 2 (reconstruction), NLL, and
-quality vs network evaluations for diffusers' solvers.
+quality vs network evaluations for diffusers' solvers, and the guidance trade-off of a class-conditional digit model
+(Ho & Salimans 2022).
 
 Each function returns rows (one `dict` per cell); `hf_ddpm.evaluation.report` writes them out:
 
@@ -13,6 +14,8 @@ Each function returns rows (one `dict` per cell); `hf_ddpm.evaluation.report` wr
 - `solver_table`: quality against the number of network evaluations (NFE) for DDIM η = 0 and diffusers' solvers
   (DPM-Solver++, UniPC, Euler, Heun, PNDM, ...), with DDPM's full chain as the reference; `solver_summary` gives the
   fewest NFE at which each sampler matches the reference within its error.
+- `guidance_table`: for each guidance scale s, class accuracy and per-class FDD, precision and recall of a
+  class-conditional digit model: fidelity rises with s, diversity falls (Ho & Salimans 2022, Fig. 4 and Table 1).
 
 "linear" is DDIM's τ_i = ⌊c·i⌋ with c = ⌊T/S⌋ (diffusers' "leading" spacing, as in the original DDIM code);
 "quadratic" is τ_i = ⌊c·i²⌋ up to ≈ 0.8 T (the paper's CIFAR10 setting). Diffusers' own spacing names ("leading",
@@ -49,11 +52,14 @@ from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 __all__ = [
     "DDIM_TABLE1_STEPS",
     "DDIM_TABLE2_STEPS",
+    "GUIDANCE_METRICS",
+    "GUIDANCE_SCALES",
     "METRICS",
     "SOLVERS",
     "SOLVER_TABLE_NFES",
     "SOLVER_TABLE_SAMPLERS",
     "SPACINGS",
+    "guidance_table",
     "nll_table",
     "quality_pivot",
     "reconstruction_table",
@@ -76,6 +82,9 @@ SPACINGS = {
     "linspace": "linspace",
 }
 METRICS = ("digits", "fdd", "fid")
+# s = 1 + w: the unconditional model (0), the conditional one (1), then the paper's w ∈ {0.5, 1, 2, 4}.
+GUIDANCE_SCALES = (0.0, 1.0, 1.5, 2.0, 3.0, 5.0)
+GUIDANCE_METRICS = ("digits", "fdd")
 
 SOLVER_TABLE_NFES = (5, 10, 20, 50)
 # The solver table's samplers: name → (scheduler class, settings beyond the trained config). The DDIM rows are
@@ -125,13 +134,25 @@ def _ddim_pipeline(pipeline, spacing: str, **overrides) -> DDPMPipeline:
 
 @torch.no_grad()
 def _samples(
-    pipe: DDPMPipeline, num_samples: int, batch_size: int, seed: int, steps: int, eta: float, sigma_hat: bool
+    pipe: DDPMPipeline,
+    num_samples: int,
+    batch_size: int,
+    seed: int,
+    steps: int,
+    eta: float,
+    sigma_hat: bool,
+    class_labels: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor:
-    """`num_samples` images (N, C, H, W) in [0, 1]; every cell starts from the same generator state."""
+    """`num_samples` images (N, C, H, W) in [0, 1]; every cell starts from the same generator state. With
+    `class_labels` (N,), sample i is drawn for class_labels[i] with `guidance_scale`."""
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
     images = []
     for start in range(0, num_samples, batch_size):
         n = min(batch_size, num_samples - start)
+        conditioning = {}
+        if class_labels is not None:
+            conditioning = {"class_labels": class_labels[start : start + n], "guidance_scale": guidance_scale}
         out = pipe(
             batch_size=n,
             generator=generator,
@@ -139,6 +160,7 @@ def _samples(
             eta=eta,
             sigma_hat=sigma_hat,
             output_type="pt",
+            **conditioning,
         )
         images.append(out.images.cpu())
     return torch.cat(images)
@@ -634,3 +656,130 @@ def solver_pivot(rows: list[dict], cell: Callable[[dict], Any] | None = None) ->
         entry[columns[row["nfe_budget"]]] = row["value"] if cell is None else cell(row)
         entry["NFE used"] = f"{entry['NFE used']}, {row['nfe']}" if "NFE used" in entry else str(row["nfe"])
     return list(pivot.values())
+
+
+def _check_guidance_arguments(pipeline, scales: Sequence[float], samples_per_class: int, metric: str) -> list[float]:
+    if pipeline.num_classes is None:
+        raise ValueError(
+            "guidance_table needs a class-conditional pipeline (a UNet with num_class_embeds); this one is "
+            "unconditional."
+        )
+    if pipeline.num_classes != 10:
+        raise ValueError(
+            f"guidance_table scores digits: class c must be digit c, 10 classes, got {pipeline.num_classes}."
+        )
+    scales = [float(s) for s in scales]
+    if not scales or any(not math.isfinite(s) or s < 0 for s in scales):
+        raise ValueError(f"`scales` must be finite guidance scales >= 0, got {scales}.")
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 4:
+        raise ValueError(
+            f"`samples_per_class` must be an int >= 4 (precision and recall need more than k = 3), got "
+            f"{samples_per_class!r}."
+        )
+    if metric not in GUIDANCE_METRICS:
+        raise ValueError(f"`metric` must be one of {GUIDANCE_METRICS}, got {metric!r}.")
+    return scales
+
+
+def _model_kind(scale: float) -> str:
+    return {0.0: "unconditional ε(x, ∅)", 1.0: "conditional ε(x, c)"}.get(scale, "guided")
+
+
+def _class_feature_metrics(images: torch.Tensor, labels: torch.Tensor, num_bootstrap: int, feature_space) -> dict:
+    """FDD, precision and recall of each class's samples against the real digits of that class, averaged over the
+    classes (the FDD error of the mean of independent terms: √Σ se² / K), and FDD of all samples against all digits."""
+    from hf_ddpm.evaluation.digit_features import digit_feature_metrics
+
+    x = images * 2 - 1  # the model's space, [-1, 1]
+    kwargs = {"feature_space": feature_space, "num_bootstrap": num_bootstrap}
+    per_class = [digit_feature_metrics(x[labels == c], reference_class=c, **kwargs) for c in labels.unique().tolist()]
+    overall = digit_feature_metrics(x, **kwargs)
+    return {
+        "fdd_per_class": sum(m.fdd for m in per_class) / len(per_class),
+        "fdd_per_class_std_error": math.sqrt(sum(m.fdd_std_error**2 for m in per_class)) / len(per_class),
+        "precision": sum(m.precision for m in per_class) / len(per_class),
+        "recall": sum(m.recall for m in per_class) / len(per_class),
+        "fdd": overall.fdd,
+        "fdd_std_error": overall.fdd_std_error,
+    }
+
+
+def guidance_table(
+    pipeline,
+    *,
+    scales: Sequence[float] = GUIDANCE_SCALES,
+    samples_per_class: int = 20,
+    num_inference_steps: int = 50,
+    metric: str = "fdd",
+    seed: int = 0,
+    batch_size: int = 256,
+    num_bootstrap: int = 100,
+    clip_sample: bool | None = False,
+    feature_space: Any = None,
+    classifier: Any = None,
+    progress: bool = True,
+) -> list[dict]:
+    """
+    The trade-off of classifier-free guidance (Ho & Salimans 2022) for a class-conditional digit model: for each
+    guidance scale s (ε̃ = ε(x, ∅) + s (ε(x, c) − ε(x, ∅)), s = 1 + w), `samples_per_class` samples of each digit,
+    scored by class accuracy and by per-class fidelity (precision, FDD) and diversity (recall).
+
+    Every scale samples from the same x_T with DDIM (η = 0, linear spacing), so rows differ only by s. At s = 0 the
+    model is unconditional: its accuracy against the requested labels is a floor (≈ 10 %), its confident share the
+    comparable figure. Class c of the model is digit c.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            A class-conditional model of the 10 digits (`num_classes == 10`); its UNet is shared and its scheduler's
+            config (β, T) is used for a DDIM scheduler.
+        scales (`Sequence[float]`, *optional*, defaults to `(0, 1, 1.5, 2, 3, 5)`):
+            The guidance scales s ≥ 0.
+        samples_per_class (`int`, *optional*, defaults to 20):
+            Samples of each digit per scale, ≥ 4.
+        num_inference_steps (`int`, *optional*, defaults to 50):
+            DDIM steps S.
+        metric (`str`, *optional*, defaults to `"fdd"`):
+            `"fdd"`: class accuracy, and FDD, precision and recall of each class's samples against the real digits
+            of that class (`hf_ddpm.evaluation.digit_features`, `reference_class`), averaged over classes, with FDD
+            of all samples against all real digits; `"digits"`: class accuracy only.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every scale's generator.
+        batch_size (`int`, *optional*, defaults to 256):
+            Samples per pipeline call (a guided call runs the UNet on twice as many).
+        num_bootstrap (`int`, *optional*, defaults to 100):
+            Resamples of FDD's standard error; 0 skips it (nan).
+        clip_sample (`bool`, *optional*, defaults to `False`):
+            Clip x̂_0 at each step, as in `sample_quality_table`; `None` keeps the pipeline's scheduler config.
+        feature_space ([`~hf_ddpm.evaluation.digit_features.DigitFeatureSpace`], *optional*):
+            Defaults to the one of the model's resolution.
+        classifier ([`~hf_ddpm.evaluation.digits.DigitClassifier`], *optional*):
+            Defaults to the one of the model's resolution.
+        progress (`bool`, *optional*, defaults to `True`):
+            A progress bar over scales.
+
+    Returns:
+        `list[dict]`: one row per s: `guidance_scale`, `w` (= s − 1, the paper's), `model` (unconditional,
+        conditional or guided), `class_accuracy` and `confident_share`
+        ([`~hf_ddpm.evaluation.digits.class_accuracy`]), `num_samples`, `seconds`; with `metric="fdd"` also
+        `fdd_per_class` ± `fdd_per_class_std_error`, `precision`, `recall` (means over classes) and `fdd` ±
+        `fdd_std_error` (all samples against all real digits).
+    """
+    from tqdm.auto import tqdm
+
+    from hf_ddpm.evaluation.digits import class_accuracy
+
+    scales = _check_guidance_arguments(pipeline, scales, samples_per_class, metric)
+    overrides = {} if clip_sample is None else {"clip_sample": clip_sample}
+    pipe = _ddim_pipeline(pipeline, "linear", **overrides)
+    labels = torch.arange(10).repeat_interleave(samples_per_class)
+    rows = []
+    for scale in tqdm(scales, disable=not progress, desc="guidance scales"):
+        start = time.perf_counter()
+        images = _samples(pipe, len(labels), batch_size, seed, num_inference_steps, 0.0, False, labels, scale)
+        accuracy = class_accuracy(images * 2 - 1, labels, classifier=classifier)
+        row = {"guidance_scale": scale, "w": scale - 1, "model": _model_kind(scale)}
+        row |= {"class_accuracy": accuracy["accuracy"], "confident_share": accuracy["confident_share"]}
+        if metric == "fdd":
+            row |= _class_feature_metrics(images, labels, num_bootstrap, feature_space)
+        rows.append({**row, "num_samples": len(labels), "seconds": round(time.perf_counter() - start, 2)})
+    return rows

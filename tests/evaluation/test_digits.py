@@ -3,7 +3,13 @@ import pytest
 import torch
 
 from hf_ddpm.data import make_transform, mnist_training_and_held_out_digits
-from hf_ddpm.evaluation.digits import digit_score, get_digit_classifier, images_to_features
+from hf_ddpm.evaluation.digits import (
+    DigitClassifier,
+    class_accuracy,
+    digit_score,
+    get_digit_classifier,
+    images_to_features,
+)
 
 # Measured with the defaults (resolution 16, 1000 held-out digits, seed 0): the classifier is 89.2 % accurate
 # on the 4000 digits it never saw, and 86 % of those get probability >= 0.9. The tests leave a margin below.
@@ -79,3 +85,51 @@ def test_wrong_size_and_bad_confidence_raise(classifier):
         digit_score(torch.zeros((2, 1, 8, 8)), classifier=classifier)
     with pytest.raises(ValueError, match="confidence"):
         digit_score(torch.zeros((2, 1, 16, 16)), classifier=classifier, confidence=1.5)
+
+
+class _FixedProbabilities:
+    """A stand-in classifier model: whatever the images, these class probabilities."""
+
+    def __init__(self, proba):
+        self.proba = np.asarray(proba, dtype=np.float64)
+
+    def predict_proba(self, features):
+        assert len(features) == len(self.proba)
+        return self.proba
+
+
+def _fake_classifier(rows: list[tuple[int, float]]) -> DigitClassifier:
+    """One image per entry {top digit: its probability}; the rest of the mass is spread over the other digits."""
+    proba = []
+    for digit, p in rows:
+        row = np.full(10, (1 - p) / 9)
+        row[digit] = p
+        proba.append(row)
+    return DigitClassifier(_FixedProbabilities(proba), resolution=16, held_out_accuracy=0.9, real_confident_share=0.8)
+
+
+def test_class_accuracy_counts_a_sample_right_only_when_confident_and_the_requested_digit():
+    # (top digit, probability) per image, and the digit each was asked to be:
+    classifier = _fake_classifier([(0, 0.95), (0, 0.85), (7, 0.92), (1, 0.9), (2, 0.99)])
+    requested = [0, 0, 1, 1, 2]
+    # right: image 0 (0 at 0.95), image 3 (1 at exactly 0.9), image 4; image 1 is not confident, image 2 is a 7.
+    score = class_accuracy(torch.zeros(5, 1, 16, 16), requested, classifier=classifier)
+    assert score["accuracy"] == pytest.approx(3 / 5)
+    assert score["confident_share"] == pytest.approx(4 / 5)
+    assert score["per_class_accuracy"] == [0.5, 0.5, 1.0] + [None] * 7
+    assert score["per_class_count"] == [2, 2, 1] + [0] * 7
+    assert score["num_samples"] == 5 and score["confidence"] == 0.9
+    assert (score["classifier_accuracy"], score["real_confident_share"]) == (0.9, 0.8)
+    # A stricter threshold drops the 0.9 and 0.92 samples from both figures.
+    strict = class_accuracy(torch.zeros(5, 1, 16, 16), torch.tensor(requested), confidence=0.94, classifier=classifier)
+    assert strict["accuracy"] == pytest.approx(2 / 5) and strict["confident_share"] == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize(
+    ("labels", "words"),
+    [([0, 1], "2 labels for 3 images"), ([0, 1, 10], "digits 0-9"), ([[0, 1, 2]], "1-d"), ([0.0, 1.0, 2.0], "digits")],
+)
+def test_class_accuracy_refuses_labels_that_are_not_one_digit_per_image(labels, words):
+    classifier = _fake_classifier([(0, 0.95)] * 3)
+    with pytest.raises(ValueError, match=words):
+        class_accuracy(torch.zeros(3, 1, 16, 16), labels, classifier=classifier)
