@@ -256,8 +256,9 @@ def _add_conditioning_args(parser: argparse.ArgumentParser) -> None:
         "--label_column",
         type=str,
         default=None,
-        help="The dataset column holding each image's class (needs --class_conditional). Default: 'label'. A "
-        "ClassLabel column gives its names; any other column's distinct values are sorted and named by str().",
+        help="The dataset column holding each image's class (needs --class_conditional; default there: 'label', "
+        "the class folders' and the digits' column). A ClassLabel column gives its names; any other column's "
+        "distinct values are sorted and named by str().",
     )
     conditioning.add_argument(
         "--class_dropout_prob",
@@ -527,9 +528,19 @@ def _resolve_save_defaults(args: argparse.Namespace) -> None:
         args.save_model_epochs = DEFAULT_SAVE_MODEL_EPOCHS
 
 
+def _resolve_label_column(args: argparse.Namespace) -> None:
+    if args.label_column is not None and not args.class_conditional:
+        raise ValueError(
+            f"--label_column {args.label_column!r} names the class labels of --class_conditional training; add "
+            "--class_conditional, or drop --label_column."
+        )
+    if args.class_conditional and args.label_column is None:
+        args.label_column = "label"  # the column of imagefolder's class folders and of the offline digits
+
+
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """
-    Resolve train_unconditional.py's aliases and the save cadences' defaults, and check the combinations of flags
+    Resolve train_unconditional.py's aliases, the save cadences' and the label column's defaults, and check the combinations of flags
     that argparse cannot check one flag at a time. Calling it again on its result changes nothing.
 
     Args:
@@ -544,6 +555,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """
     _resolve_aliases(args)
     _resolve_save_defaults(args)
+    _resolve_label_column(args)
     # A learned variance gets no gradient from L_simple, and L_vlb needs one to train it: the two go together.
     learned = args.variance_type in LEARNED_VARIANCE_TYPES
     if learned and args.loss_type != "hybrid":
@@ -555,11 +567,6 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         raise ValueError(
             f"--loss_type 'hybrid' needs a learned --variance_type (one of {list(LEARNED_VARIANCE_TYPES)}), "
             f"got {args.variance_type!r}."
-        )
-    if args.label_column is not None and not args.class_conditional:
-        raise ValueError(
-            f"--label_column {args.label_column!r} names the class labels of --class_conditional training; add "
-            "--class_conditional, or drop --label_column."
         )
     if args.dataset_name is not None and args.train_data_dir is not None:
         raise ValueError(

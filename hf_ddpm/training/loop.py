@@ -281,7 +281,7 @@ def _hparams(run: TrainingRun) -> dict:
         "num_train_images": len(run.dataloader.dataset),
     }
     if args.class_conditional:
-        settings.update(label_column=args.label_column or "label", num_classes=run.num_classes)
+        settings["num_classes"] = run.num_classes
     # "data" and "num_train_images" say what train_data_dir was: a local path stays on this machine.
     skipped = {"train_data_dir", "hub_token", *NO_EFFECT_FLAGS}  # a token never goes to a tracker
     if not args.class_conditional:
@@ -437,18 +437,13 @@ def check_model(args: argparse.Namespace) -> DDPMUNet2DModel:
 
 def _dataset_class_labels(args: argparse.Namespace, dataset: datasets.Dataset) -> tuple[list[int], dict[int, str]]:
     # Each image's class and the class names, with the errors worded for the flags.
-    column = args.label_column or "label"
-    if column not in dataset.column_names:
-        if args.label_column is not None:
-            raise ValueError(
-                f"--label_column {column!r} is not a column of the dataset; its columns are {dataset.column_names}."
-            )
+    if args.label_column not in dataset.column_names:
         raise ValueError(
-            f"--class_conditional needs a class label per image, but the dataset has no 'label' column (its columns: "
-            f"{dataset.column_names}). Put the images of --train_data_dir in one sub-folder per class (at least two), "
-            "or name a Hub dataset's label column with --label_column."
+            f"--class_conditional needs a class label per image, but the dataset has no --label_column "
+            f"{args.label_column!r} (its columns: {dataset.column_names}). For --train_data_dir, put the images in one "
+            "sub-folder per class (at least two); for a Hub dataset, name its label column with --label_column."
         )
-    labels, names = read_class_labels(dataset, column)
+    labels, names = read_class_labels(dataset, args.label_column)
     return labels, dict(enumerate(names))
 
 
@@ -1024,6 +1019,8 @@ def save_pipeline(run: TrainingRun) -> None:
         "training_args": _card_settings(run),
         "datasets": [args.dataset_name] if args.dataset_name else None,
         "license": args.hub_license,
+        # The card draws its grid without labels, which only a pipeline that takes them can do for this UNet.
+        "sample_grid": run.id2label is None or _PIPELINE_TAKES_LABELS,
     }
     with _ema_weights(run) as unet:
         pipeline = _pipeline(unet, run.noise_scheduler, run.id2label)
@@ -1083,7 +1080,8 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     check_flag_values(args)
     accelerator = make_accelerator(args)
     prepare_output_dir(accelerator, args)
-    check_resume(args, check_model(args), accelerator.num_processes)
+    unet_shape = check_model(args)  # on the meta device: bad model flags fail before any data is loaded
+    check_resume(args, unet_shape, accelerator.num_processes)
     images, labels, id2label = load_training_data(accelerator, args, dataset)
     unet, noise_scheduler, ema_model = build_components(accelerator, args, None if id2label is None else len(id2label))
     check_resumed_classes(args, unet)
@@ -1112,7 +1110,8 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     announce_settings(run)
     start_progress(run)
 
-    # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }.
+    # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }, with
+    # (x_0, c) ~ q(x_0, c) and c ← ∅ with probability p_uncond for a class-conditional run (Ho & Salimans 2022).
     for epoch in range(run.global_step // steps_per_epoch, math.ceil(max_train_steps / steps_per_epoch)):
         if run.global_step >= max_train_steps:
             break
