@@ -7,8 +7,8 @@ GradScaler) plus, through save/load hooks, the UNet in `unet/` and the EMA UNet 
 checkpoint.
 
 A resumed run is the saved run continued: the flags that define it (`RESUME_FIXED_FLAGS`: data, model, diffusion,
-batch geometry, seed) must match the saved ones, and every other flag (learning rate and its schedule, number of
-steps, cadences, ...) is the new run's to choose (`resume_flag_changes`).
+class conditioning, batch geometry, seed) must match the saved ones, and every other flag (learning rate and its
+schedule, number of steps, cadences, ...) is the new run's to choose (`resume_flag_changes`).
 """
 
 import json

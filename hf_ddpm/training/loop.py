@@ -922,7 +922,7 @@ def sample_grid(run: TrainingRun) -> Image.Image | None:
     """
     rows, cols, labels = grid_layout(run.args.eval_batch_size, run.num_classes)
     if labels is not None and not _PIPELINE_TAKES_LABELS:
-        warnings.warn("This DDPMPipeline takes no class_labels: a class-conditional run draws no grids.", stacklevel=2)
+        warnings.warn("This DDPMPipeline takes no class_labels: a class-conditional run draws no grids.", stacklevel=3)
         return None
     conditioning = {} if labels is None else {"class_labels": labels, "guidance_scale": run.args.guidance_scale}
     with _ema_weights(run) as unet:
