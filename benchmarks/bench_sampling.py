@@ -3,12 +3,15 @@
 Both pipelines hold the same UNet weights (stock `UNet2DModel` in diffusers', `DDPMUNet2DModel` in ours) and
 schedulers with the same config (diffusers' `DDPMScheduler`/`DDIMScheduler` vs hf_ddpm's subclasses), draw from
 the same seed and run interleaved in one process. The images they return are compared too (max |Δ| in [0, 1]).
+The `hf_ddpm` row calls the pipeline as a user would: nothing set by the benchmark, so it runs in the library's
+default memory layout (NHWC on the CPU, see `DDPMPipeline.set_memory_format`).
 
     python benchmarks/bench_sampling.py                                        # CPU defaults, see --help
     python benchmarks/bench_sampling.py --device cuda --presets ddpm-cifar10 --batch_size 128 --precision bf16
 
 Variants of hf_ddpm (`--variants`), each timed against the same eager diffusers pipeline:
-`channels_last` (UNet and latents in NHWC), `compile` (`torch.compile` of the UNet, default mode; on CUDA
+`channels_last` (`set_memory_format(torch.channels_last)`: NHWC on any device), `nchw`
+(`set_memory_format(torch.contiguous_format)`: the CPU default turned off), `compile` (`torch.compile` of the UNet, default mode; on CUDA
 "max-autotune-no-cudagraphs" is not used, the default inductor mode is), `compile_cudagraphs` (CUDA only:
 "reduce-overhead", i.e. CUDA graphs for the fixed shapes). Compile time is reported separately (first call).
 """
@@ -61,7 +64,10 @@ def make_call(pipe, batch_size: int, steps: int | None, device: torch.device, pr
     return call
 
 
-def main() -> None:
+VARIANTS = ("channels_last", "nchw", "compile", "compile_cudagraphs")
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--runs",
@@ -71,9 +77,7 @@ def main() -> None:
     )
     parser.add_argument("--batch_size", type=int, default=None, help="Default: 1 on CPU, 128 on CUDA.")
     parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(DTYPES), help="Autocast dtypes.")
-    parser.add_argument(
-        "--variants", nargs="*", default=[], choices=["channels_last", "compile", "compile_cudagraphs"]
-    )
+    parser.add_argument("--variants", nargs="*", default=[], choices=VARIANTS)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
@@ -85,72 +89,68 @@ def main() -> None:
         "--flush_denormal", action="store_true", help="torch.set_flush_denormal(True): denormals count as zero."
     )
     parser.add_argument("--output", default="sampling")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    batch_size = args.batch_size or (128 if device.type == "cuda" else 1)
-    torch.set_num_threads(args.threads)
-    if args.flush_denormal and not torch.set_flush_denormal(True):
-        raise ValueError("--flush_denormal: this CPU does not support flushing denormals.")
-    info = machine_info(device)
-    info["flush denormals"] = str(args.flush_denormal)
-    info["timer"] = {"wall": "wall clock (perf_counter)", "cpu": "process CPU time (process_time)"}[args.clock]
+    return parser.parse_args()
 
-    rows, compile_rows = [], []
-    for run in args.runs:
-        preset, sampler = run.split(":")
-        stock, ours = build_pipelines(preset, sampler, device)
-        steps = SAMPLERS[sampler]
-        n_steps = steps or stock.scheduler.config.num_train_timesteps
-        for precision in args.precision:
-            images: dict = {}
-            calls = {
-                "diffusers": make_call(stock, batch_size, steps, device, precision, images, "diffusers"),
-                "hf_ddpm": make_call(ours, batch_size, steps, device, precision, images, "hf_ddpm"),
-            }
-            extra_pipes = {}
-            for variant in args.variants:
-                _, variant_pipe = build_pipelines(preset, sampler, device)
-                unet = variant_pipe.unet
-                if variant == "channels_last":
-                    unet.to(memory_format=torch.channels_last)
-                elif variant == "compile":
-                    unet.compile()
-                elif variant == "compile_cudagraphs":
-                    unet.compile(mode="reduce-overhead")
-                if variant.startswith("compile"):
-                    # The first call compiles: time it apart from the steady state.
-                    call = make_call(variant_pipe, batch_size, steps, device, precision, images, variant)
-                    start = time.perf_counter()
-                    call()
-                    compile_rows.append([preset, sampler, precision, variant, f"{time.perf_counter() - start:.1f}"])
-                extra_pipes[variant] = variant_pipe
-                calls[f"hf_ddpm+{variant}"] = make_call(
-                    variant_pipe, batch_size, steps, device, precision, images, f"hf_ddpm+{variant}"
-                )
-            times = bench_utils.interleaved(calls, device, args.warmup, args.reps, args.clock)
-            t_stock = median(times["diffusers"])
-            for name in calls:
-                if name == "diffusers":
-                    continue
-                ratio, lo, hi = paired_ratio(times["diffusers"], times[name])
-                diff = abs(images[name] - images["diffusers"]).max()
-                rows.append(
-                    [
-                        preset,
-                        sampler,
-                        n_steps,
-                        batch_size,
-                        precision,
-                        name,
-                        f"{batch_size / t_stock:.3f}",
-                        f"{batch_size / median(times[name]):.3f}",
-                        f"**{ratio:.3f}×** ({lo:.2f}–{hi:.2f})",
-                        f"{diff:.1e}",
-                    ]
-                )
-                print(rows[-1], flush=True)
-            del extra_pipes
 
+def variant_pipeline(variant: str, preset: str, sampler: str, device: torch.device):
+    """A fresh hf_ddpm pipeline with one lever changed (see the module docstring); compiling ones are not yet run."""
+    _, pipe = build_pipelines(preset, sampler, device)
+    if variant == "channels_last":
+        pipe.set_memory_format(torch.channels_last)
+    elif variant == "nchw":
+        pipe.set_memory_format(torch.contiguous_format)
+    elif variant == "compile":
+        pipe.unet.compile()
+    elif variant == "compile_cudagraphs":
+        pipe.unet.compile(mode="reduce-overhead")
+    return pipe
+
+
+def measure(args, preset: str, sampler: str, precision: str, device: torch.device, batch_size: int):
+    """Time diffusers, hf_ddpm as a user calls it and each variant, interleaved; return table and compile rows."""
+    stock, ours = build_pipelines(preset, sampler, device)
+    steps = SAMPLERS[sampler]
+    images: dict = {}
+    calls = {
+        name: make_call(pipe, batch_size, steps, device, precision, images, name)
+        for name, pipe in (("diffusers", stock), ("hf_ddpm", ours))
+    }
+    compile_rows = []
+    for variant in args.variants:
+        name = f"hf_ddpm+{variant}"
+        calls[name] = make_call(
+            variant_pipeline(variant, preset, sampler, device), batch_size, steps, device, precision, images, name
+        )
+        if variant.startswith("compile"):
+            start = time.perf_counter()  # the first call compiles: time it apart from the steady state
+            calls[name]()
+            compile_rows.append([preset, sampler, precision, variant, f"{time.perf_counter() - start:.1f}"])
+    times = bench_utils.interleaved(calls, device, args.warmup, args.reps, args.clock)
+    n_steps = steps or stock.scheduler.config.num_train_timesteps
+    rows = []
+    for name in calls:
+        if name == "diffusers":
+            continue
+        ratio, lo, hi = paired_ratio(times["diffusers"], times[name])
+        rows.append(
+            [
+                preset,
+                sampler,
+                n_steps,
+                batch_size,
+                precision,
+                name,
+                f"{batch_size / median(times['diffusers']):.3f}",
+                f"{batch_size / median(times[name]):.3f}",
+                f"**{ratio:.3f}×** ({lo:.2f}–{hi:.2f})",
+                f"{abs(images[name] - images['diffusers']).max():.1e}",
+            ]
+        )
+        print(rows[-1], flush=True)
+    return rows, compile_rows
+
+
+def write_sampling_report(args, device: torch.device, info: dict, rows: list, compile_rows: list) -> None:
     sections = [
         "## Throughput (images/s, median of interleaved repetitions)\n\n"
         + markdown_table(
@@ -182,12 +182,34 @@ def main() -> None:
         [
             f"{args.warmup} warm-up run(s), {args.reps} interleaved repetitions; a run is a whole pipeline call "
             "(x_T draw, every UNet forward and scheduler step, postprocessing to numpy).",
+            "hf_ddpm: the pipeline as a user calls it, in the library's default layout (NHWC on the CPU); "
+            "`+variant` rows change one lever (module docstring).",
             "DDIM: η = 0 and both schedulers at their default config (timestep_spacing 'leading'), so both run the "
             "same 50 timesteps; DDPM: T = 1000, fixed-small variance.",
             "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs.",
             "max abs diff: the two pipelines' images (in [0, 1]) from the same seed; small means same samples.",
         ],
     )
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    batch_size = args.batch_size or (128 if device.type == "cuda" else 1)
+    torch.set_num_threads(args.threads)
+    if args.flush_denormal and not torch.set_flush_denormal(True):
+        raise ValueError("--flush_denormal: this CPU does not support flushing denormals.")
+    info = machine_info(device)
+    info["flush denormals"] = str(args.flush_denormal)
+    info["timer"] = {"wall": "wall clock (perf_counter)", "cpu": "process CPU time (process_time)"}[args.clock]
+    rows, compile_rows = [], []
+    for run in args.runs:
+        preset, sampler = run.split(":")
+        for precision in args.precision:
+            run_rows, run_compile_rows = measure(args, preset, sampler, precision, device, batch_size)
+            rows += run_rows
+            compile_rows += run_compile_rows
+    write_sampling_report(args, device, info, rows, compile_rows)
 
 
 if __name__ == "__main__":

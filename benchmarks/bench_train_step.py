@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import time
 
@@ -197,7 +198,7 @@ def memory_probe(args) -> None:
     print(json.dumps({"rss_delta_mib": max_rss_mib() - base, "rss_total_mib": max_rss_mib()}))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["digits-32", "ddpm-cifar10"])
     parser.add_argument("--batch_size", type=int, default=None, help="Default: 8 on CPU, 128 on CUDA.")
@@ -219,151 +220,156 @@ def main() -> None:
     parser.add_argument("--memory_probe", choices=["stock", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--preset", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    device = torch.device(args.device)
     if args.batch_size is None:
-        args.batch_size = 128 if device.type == "cuda" else 8
-    if args.memory_probe:
-        args.precision = args.precision[0]
-        return memory_probe(args)
+        args.batch_size = 128 if args.device.startswith("cuda") else 8
+    return args
 
-    torch.set_num_threads(args.threads)
-    info = machine_info(device)
-    info["timer"] = {"wall": "wall clock (perf_counter)", "cpu": "process CPU time (process_time)"}[args.clock]
+
+@dataclasses.dataclass
+class Pair:
+    """One preset's two models (same weights), their schedulers and the batch both see."""
+
+    preset: str
+    stock: torch.nn.Module
+    ours: torch.nn.Module
+    stock_sched: object
+    ours_sched: object
+    batch: tuple
+    macs: int
+
+
+def make_pair(preset: str, batch_size: int, device: torch.device) -> Pair:
+    stock, ours = paired_models(preset, device)
+    stock.train(), ours.train()
+    macs = forward_macs(ours, ours.config.in_channels, ours.config.sample_size)
+    stock_sched, ours_sched = schedulers()
+    return Pair(preset, stock, ours, stock_sched, ours_sched, make_batch(ours, batch_size, device), macs)
+
+
+def utilisation_cells(flops_per_step: float, seconds: list[float], device: torch.device, peak: float) -> list[str]:
+    """Achieved GFLOP/s per side, against the CPU's measured matmul peak (GFLOP/s) or the GPU's (TFLOP/s, MFU)."""
     if device.type == "cpu":
-        peaks = {p: cpu_peak_gflops(DTYPES[p] or torch.float32, clock=args.clock) for p in args.precision}
-        info["measured CPU matmul peak (GFLOP/s)"] = ", ".join(f"{p}: {v:.0f}" for p, v in peaks.items())
+        return [f"{flops_per_step / t / 1e9:.1f} ({100 * flops_per_step / t / 1e9 / peak:.0f} %)" for t in seconds]
+    return [f"{flops_per_step / t / 1e9:.0f} (MFU {100 * flops_per_step / t / 1e12 / peak:.1f} %)" for t in seconds]
 
-    rows, memory_rows, variant_rows, compile_rows = [], [], [], []
-    macs_per_preset = {}
-    for preset in args.presets:
-        stock, ours = paired_models(preset, device)
-        stock.train(), ours.train()
-        cfg = ours.config
-        macs = forward_macs(ours, cfg.in_channels, cfg.sample_size)
-        macs_per_preset[preset] = macs
-        stock_sched, ours_sched = schedulers()
-        batch = make_batch(ours, args.batch_size, device)
-        flops_per_step = 3 * 2 * macs * args.batch_size
-        for precision in args.precision:
-            # hf_ddpm in the layout examples/train.py picks at this precision (NHWC under autocast), on a copy.
-            ours_model, ours_batch = in_layout(copy.deepcopy(ours), batch, script_uses_channels_last(precision))
-            steps = {
-                "diffusers": make_step(
-                    stock,
-                    stock_sched,
-                    make_optimizer(stock, "stock"),
-                    make_ema(stock, "stock", not args.no_ema),
-                    batch,
-                    device,
-                    precision,
-                ),
-                "hf_ddpm": make_step(
-                    ours_model,
-                    ours_sched,
-                    make_optimizer(ours_model, "ours"),
-                    make_ema(ours_model, "ours", not args.no_ema),
-                    ours_batch,
-                    device,
-                    precision,
-                ),
-            }
-            for variant in args.variants:
-                steps[f"hf_ddpm+{variant}"], seconds = variant_step(
-                    variant, ours, ours_sched, batch, device, precision, not args.no_ema
-                )
-                if seconds is not None:
-                    compile_rows.append([preset, args.batch_size, precision, f"{seconds:.0f}"])
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            times = bench_utils.interleaved(steps, device, args.warmup, args.reps, args.clock)
-            t_stock, t_ours = median(times["diffusers"]), median(times["hf_ddpm"])
-            if device.type == "cpu":
-                peak = peaks[precision]
-                util = [
-                    f"{flops_per_step / t / 1e9:.1f} ({100 * flops_per_step / t / 1e9 / peak:.0f} %)"
-                    for t in (t_stock, t_ours)
-                ]
-            else:
-                util = [
-                    f"{flops_per_step / t / 1e9:.0f} (MFU {100 * flops_per_step / t / 1e12 / args.peak_tflops:.1f} %)"
-                    for t in (t_stock, t_ours)
-                ]
-            rows.append(
-                [
-                    preset,
-                    args.batch_size,
-                    precision,
-                    f"{args.batch_size / t_stock:.2f}",
-                    f"{args.batch_size / t_ours:.2f}",
-                    speedup_cell(times["diffusers"], times["hf_ddpm"], bold=True),
-                    util[0],
-                    util[1],
-                ]
-            )
-            for name in steps:
-                if name.startswith("hf_ddpm+"):
-                    variant_rows.append(
-                        [
-                            preset,
-                            precision,
-                            name.split("+")[1],
-                            f"{args.batch_size / median(times[name]):.2f}",
-                            speedup_cell(times["diffusers"], times[name]),
-                        ]
-                    )
-            print(rows[-1], flush=True)
 
-            act = [
-                saved_activation_mib(m, b, precision, device) for m, b in ((stock, batch), (ours_model, ours_batch))
+def measure_throughput(args, pair: Pair, precision: str, ours_model, ours_batch, device, peak: float):
+    """Time diffusers, hf_ddpm (its script's setup) and each variant, interleaved; the throughput row, the variant
+    rows and the compile rows."""
+    ema = not args.no_ema
+    steps = {
+        "diffusers": make_step(
+            pair.stock,
+            pair.stock_sched,
+            make_optimizer(pair.stock, "stock"),
+            make_ema(pair.stock, "stock", ema),
+            pair.batch,
+            device,
+            precision,
+        ),
+        "hf_ddpm": make_step(
+            ours_model,
+            pair.ours_sched,
+            make_optimizer(ours_model, "ours"),
+            make_ema(ours_model, "ours", ema),
+            ours_batch,
+            device,
+            precision,
+        ),
+    }
+    compile_rows = []
+    for variant in args.variants:
+        steps[f"hf_ddpm+{variant}"], seconds = variant_step(
+            variant, pair.ours, pair.ours_sched, pair.batch, device, precision, ema
+        )
+        if seconds is not None:
+            compile_rows.append([pair.preset, args.batch_size, precision, f"{seconds:.0f}"])
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = bench_utils.interleaved(steps, device, args.warmup, args.reps, args.clock)
+    t_stock, t_ours = median(times["diffusers"]), median(times["hf_ddpm"])
+    util = utilisation_cells(3 * 2 * pair.macs * args.batch_size, [t_stock, t_ours], device, peak)
+    row = [
+        pair.preset,
+        args.batch_size,
+        precision,
+        f"{args.batch_size / t_stock:.2f}",
+        f"{args.batch_size / t_ours:.2f}",
+        speedup_cell(times["diffusers"], times["hf_ddpm"], bold=True),
+        *util,
+    ]
+    variant_rows = [
+        [
+            pair.preset,
+            precision,
+            name.split("+")[1],
+            f"{args.batch_size / median(times[name]):.2f}",
+            speedup_cell(times["diffusers"], times[name]),
+        ]
+        for name in steps
+        if name.startswith("hf_ddpm+")
+    ]
+    return row, variant_rows, compile_rows
+
+
+def cuda_step_memory(args, pair: Pair, precision: str, ours_model, ours_batch, device) -> list[str]:
+    """MiB that CUDA allocates at most over one (second) training step, per side."""
+    mem = []
+    for model, sched, side_batch, side in (
+        (pair.stock, pair.stock_sched, pair.batch, "stock"),
+        (ours_model, pair.ours_sched, ours_batch, "ours"),
+    ):
+        optimizer, ema = make_optimizer(model, side), make_ema(model, side, not args.no_ema)
+        step = make_step(model, sched, optimizer, ema, side_batch, device, precision)
+        step()
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        mem.append(f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}")
+    return mem
+
+
+def cpu_step_memory(args, preset: str, precision: str) -> list[str]:
+    """Peak RSS growth (MiB) over three steps of each model alone in a fresh process (`memory_probe`)."""
+    mem = []
+    for which in ("stock", "ours"):
+        out = run_isolated(
+            [
+                "benchmarks/bench_train_step.py",
+                "--memory_probe",
+                which,
+                "--preset",
+                preset,
+                "--batch_size",
+                str(args.batch_size),
+                "--precision",
+                precision,
+                "--threads",
+                str(args.threads),
+                "--device",
+                args.device,
+                *(["--no_ema"] if args.no_ema else []),
             ]
-            if device.type == "cuda":
-                mem = []
-                for m, sched, side_batch, side in (
-                    (stock, stock_sched, batch, "stock"),
-                    (ours_model, ours_sched, ours_batch, "ours"),
-                ):
-                    step = make_step(
-                        m,
-                        sched,
-                        make_optimizer(m, side),
-                        make_ema(m, side, not args.no_ema),
-                        side_batch,
-                        device,
-                        precision,
-                    )
-                    step()
-                    torch.cuda.synchronize(device)
-                    torch.cuda.reset_peak_memory_stats(device)
-                    step()
-                    mem.append(f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f}")
-            elif args.no_memory:
-                mem = ["skipped", "skipped"]
-            else:
-                mem = []
-                for which in ("stock", "ours"):
-                    out = run_isolated(
-                        [
-                            "benchmarks/bench_train_step.py",
-                            "--memory_probe",
-                            which,
-                            "--preset",
-                            preset,
-                            "--batch_size",
-                            str(args.batch_size),
-                            "--precision",
-                            precision,
-                            "--threads",
-                            str(args.threads),
-                            "--device",
-                            args.device,
-                            *(["--no_ema"] if args.no_ema else []),
-                        ]
-                    )
-                    mem.append(f"{json.loads(out.strip().splitlines()[-1])['rss_delta_mib']:.0f}")
-            memory_rows.append([preset, args.batch_size, precision, mem[0], mem[1], f"{act[0]:.0f}", f"{act[1]:.0f}"])
-            print(memory_rows[-1], flush=True)
-        del stock, ours
+        )
+        mem.append(f"{json.loads(out.strip().splitlines()[-1])['rss_delta_mib']:.0f}")
+    return mem
 
+
+def memory_row(args, pair: Pair, precision: str, ours_model, ours_batch, device) -> list:
+    """Peak step memory per side (CUDA allocator, or fresh-process RSS on CPU) and the saved activations."""
+    act = [
+        saved_activation_mib(m, b, precision, device) for m, b in ((pair.stock, pair.batch), (ours_model, ours_batch))
+    ]
+    if device.type == "cuda":
+        mem = cuda_step_memory(args, pair, precision, ours_model, ours_batch, device)
+    elif args.no_memory:
+        mem = ["skipped", "skipped"]
+    else:
+        mem = cpu_step_memory(args, pair.preset, precision)
+    return [pair.preset, args.batch_size, precision, mem[0], mem[1], f"{act[0]:.0f}", f"{act[1]:.0f}"]
+
+
+def report_sections(device: torch.device, rows, memory_rows, variant_rows, compile_rows) -> list[str]:
     mem_header = (
         "peak step memory, CUDA max allocated (MiB)"
         if device.type == "cuda"
@@ -410,30 +416,73 @@ def main() -> None:
             "## torch.compile: time of the first step (compiling forward and backward)\n\n"
             + markdown_table(["preset", "batch", "autocast", "seconds"], compile_rows)
         )
+    return sections
+
+
+def report_notes(args, macs_per_preset: dict[str, int]) -> list[str]:
+    return [
+        "Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW lr 2e-4 "
+        "(diffusers: torch's default implementation, as its train_unconditional.py; hf_ddpm: "
+        "`hf_ddpm.training.optimizer.adamw`, fused, as examples/train.py)"
+        + (
+            ""
+            if args.no_ema
+            else " + EMA 0.9999 with warm-up (diffusers: `EMAModel`, foreach=False, as train_unconditional.py "
+            "with --use_ema; hf_ddpm: `hf_ddpm.training.ema.EMAModel`, as examples/train.py)"
+        )
+        + f"; preset dropout on; hf_ddpm in its script's memory layout (NCHW in fp32, NHWC under autocast); "
+        f"{args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
+        "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
+        "[95 % CI]: distribution-free confidence interval of that median (order statistics); "
+        "min–max shows the spread under the shared machine's load.",
+        "FLOPs per step = 3 × 2 × forward MACs × batch (backward ≈ 2× forward); forward MACs per image: "
+        + ", ".join(f"{p} {m / 1e9:.3f} G" for p, m in macs_per_preset.items())
+        + ".",
+    ]
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    if args.memory_probe:
+        args.precision = args.precision[0]
+        return memory_probe(args)
+
+    torch.set_num_threads(args.threads)
+    info = machine_info(device)
+    info["timer"] = {"wall": "wall clock (perf_counter)", "cpu": "process CPU time (process_time)"}[args.clock]
+    peaks = {p: args.peak_tflops for p in args.precision}
+    if device.type == "cpu":
+        peaks = {p: cpu_peak_gflops(DTYPES[p] or torch.float32, clock=args.clock) for p in args.precision}
+        info["measured CPU matmul peak (GFLOP/s)"] = ", ".join(f"{p}: {v:.0f}" for p, v in peaks.items())
+
+    rows, memory_rows, variant_rows, compile_rows = [], [], [], []
+    macs_per_preset = {}
+    for preset in args.presets:
+        pair = make_pair(preset, args.batch_size, device)
+        macs_per_preset[preset] = pair.macs
+        for precision in args.precision:
+            # hf_ddpm in the layout examples/train.py picks at this precision (NHWC under autocast), on a copy.
+            ours_model, ours_batch = in_layout(
+                copy.deepcopy(pair.ours), pair.batch, script_uses_channels_last(precision)
+            )
+            row, more_variant_rows, more_compile_rows = measure_throughput(
+                args, pair, precision, ours_model, ours_batch, device, peaks[precision]
+            )
+            rows.append(row)
+            variant_rows += more_variant_rows
+            compile_rows += more_compile_rows
+            print(rows[-1], flush=True)
+            memory_rows.append(memory_row(args, pair, precision, ours_model, ours_batch, device))
+            print(memory_rows[-1], flush=True)
+        del pair
+
     write_report(
         args.output,
         f"Training step: hf_ddpm vs diffusers ({device.type})",
         info,
-        sections,
-        [
-            "Step: add_noise (eq. 4) + forward + L_simple (eq. 14) + backward + clip_grad_norm 1.0 + AdamW lr 2e-4 "
-            "(diffusers: torch's default implementation, as its train_unconditional.py; hf_ddpm: "
-            "`hf_ddpm.training.optimizer.adamw`, fused, as examples/train.py)"
-            + (
-                ""
-                if args.no_ema
-                else " + EMA 0.9999 with warm-up (diffusers: `EMAModel`, foreach=False, as train_unconditional.py "
-                "with --use_ema; hf_ddpm: `hf_ddpm.training.ema.EMAModel`, as examples/train.py)"
-            )
-            + f"; preset dropout on; hf_ddpm in its script's memory layout (NCHW in fp32, NHWC under autocast); "
-            f"{args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
-            "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
-            "[95 % CI]: distribution-free confidence interval of that median (order statistics); "
-            "min–max shows the spread under the shared machine's load.",
-            "FLOPs per step = 3 × 2 × forward MACs × batch (backward ≈ 2× forward); forward MACs per image: "
-            + ", ".join(f"{p} {m / 1e9:.3f} G" for p, m in macs_per_preset.items())
-            + ".",
-        ],
+        report_sections(device, rows, memory_rows, variant_rows, compile_rows),
+        report_notes(args, macs_per_preset),
     )
 
 

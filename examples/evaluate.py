@@ -9,7 +9,14 @@ writes to --output_dir:
   better, ± its bootstrap error, with precision and recall; --metric fid: FID against the training digits);
 - `table2_reconstruction.{md,csv}`: DDIM Table 2 analogue, per-dim MSE ([0, 1] scale) of encode → decode vs S;
 - `nll.{md,csv}`: the bound of DDPM eq. 5 in bits/dim on held-out images;
-- `tables.png`: the plots; `results.md`: everything with the command, the machine and the versions.
+- `tables.png`: the plots; `results.md`: everything with the command, the machine and the versions;
+- with `--tables solvers` (not in the default set): `solver_table.{md,csv}`, quality against the counted network
+  evaluations (--nfes budgets) for DDIM η = 0 and diffusers' solvers (--samplers), with DDPM's T-step chain as the
+  reference; `solver_summary.{md,csv}`, the fewest evaluations at which each sampler matches the reference within
+  two standard errors; `solvers.png`. No sampler clips x̂_0.
+
+    python examples/evaluate.py --pretrained outputs/digits --output_dir outputs/digits/eval --tables solvers \
+        --metric fdd --nfes 5,10,20,50 --num_samples 1000
 
 Held-out images are the 1000 offline MNIST digits the training default never sees (the same ones the digit
 classifier is fitted on), or the images of --eval_data_dir. S = 1000 on many samples is the expensive cell: choose
@@ -30,10 +37,10 @@ from runtime_flags import add_runtime_arguments, prepare_pipeline
 
 from hf_ddpm.data import load_image_dataset, make_transform, mnist_training_and_held_out_digits
 from hf_ddpm.evaluation import tables
-from hf_ddpm.evaluation.report import markdown_table, plot_tables, quality_cell, write_csv
+from hf_ddpm.evaluation.report import markdown_table, plot_solver_table, plot_tables, quality_cell, write_csv
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 
-TABLES = ("quality", "reconstruction", "nll")
+TABLES = ("quality", "reconstruction", "nll", "solvers")
 QUALITY_TITLES = {  # Table 1's heading for each --metric
     "digits": "confident share (higher is better)",
     "fdd": "Fréchet digit distance ± bootstrap error (lower is better), precision P and recall R (higher is better)",
@@ -47,6 +54,15 @@ def _ints(text: str) -> list[int]:
 
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
+
+
+def _samplers(text: str) -> list[str]:
+    """argparse `type=` of --samplers: names of `tables.SOLVERS`."""
+    names = [v for v in text.split(",") if v]
+    unknown = [name for name in names if name not in tables.SOLVERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"must be drawn from {', '.join(tables.SOLVERS)}, got {text!r}")
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +86,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Clip x̂_0 in Table 1's samplers: 'no' as DDIM's released sampler, 'config' as the saved scheduler says.",
     )
     parser.add_argument("--reconstruction_spacing", default="linear", help="Spacing for Table 2.")
+    parser.add_argument(
+        "--nfes", type=_ints, default=list(tables.SOLVER_TABLE_NFES), help="The solver table's NFE budgets."
+    )
+    parser.add_argument(
+        "--samplers",
+        type=_samplers,
+        default=list(tables.SOLVER_TABLE_SAMPLERS),
+        help=f"The solver table's samplers, from {', '.join(tables.SOLVERS)}.",
+    )
+    parser.add_argument(
+        "--solver_spacing",
+        choices=("trailing", "linspace", "leading"),
+        default="trailing",
+        help="Timestep spacing of diffusers' solvers in the solver table (the DDIM rows keep theirs).",
+    )
     parser.add_argument("--num_eval_images", type=int, default=256, help="Held-out images for Table 2 and the NLL.")
     parser.add_argument(
         "--nll_timesteps", type=int, default=None, help="K for a strided NLL estimate; default: all T − 1 KL terms."
@@ -132,6 +163,63 @@ def machine() -> str:
     return f"{device}, torch {torch.__version__}, Python {platform.python_version()}, {platform.platform()}"
 
 
+def quality_section(args: argparse.Namespace, pipe: DDPMPipeline) -> tuple[list[str], list[dict]]:
+    """DDIM Table 1 analogue: its report lines and rows."""
+    reference = fid_reference(args, pipe) if args.metric == "fid" else None
+    rows = tables.sample_quality_table(
+        pipe,
+        steps=args.steps,
+        etas=args.etas,
+        sigma_hat=not args.no_sigma_hat,
+        spacings=args.spacings,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        metric=args.metric,
+        clip_sample={"no": False, "yes": True, "config": None}[args.clip_sample],
+        reference_statistics=reference,
+        fid_kwargs={"backend": args.fid_backend, "device": args.device} if args.metric == "fid" else None,
+    )
+    name = QUALITY_TITLES[args.metric]
+    report = [
+        f"\n## DDIM Table 1 analogue: {name}, {args.num_samples} samples per cell\n\n",
+        write(rows, "table1_quality", args.output_dir, tables.quality_pivot(rows, quality_cell)),
+    ]
+    return report, rows
+
+
+def solvers_section(args: argparse.Namespace, pipe: DDPMPipeline) -> list[str]:
+    """The solver table (quality vs counted network evaluations), its summary and plot: the report lines."""
+    reference = fid_reference(args, pipe) if args.metric == "fid" else None
+    rows = tables.solver_table(
+        pipe,
+        nfes=args.nfes,
+        samplers=args.samplers,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        metric=args.metric,
+        reference_statistics=reference,
+        fid_kwargs={"backend": args.fid_backend, "device": args.device} if args.metric == "fid" else None,
+        timestep_spacing=args.solver_spacing,
+    )
+    summary = tables.solver_summary(rows, higher_is_better=args.metric == "digits")
+    plot_solver_table(rows, os.path.join(args.output_dir, "solvers.png"), title=args.pretrained)
+    reference_row = next(row for row in rows if row["reference"])
+    return [
+        f"\n## Samplers: {QUALITY_TITLES[args.metric]} against network evaluations (NFE), {args.num_samples} samples "
+        f"per cell\n\nEach cell runs the most steps whose count of network evaluations fits the budget (Heun: 2S − 1, "
+        f"PNDM: S + 9); 'NFE used' is counted on the UNet's forward. No sampler clips x̂_0; diffusers' solvers use "
+        f"{args.solver_spacing!r} timestep spacing. Reference: {reference_row['sampler']}, DDPM's ancestral sampler "
+        "over all T steps.\n\n",
+        write(rows, "solver_table", args.output_dir, tables.solver_pivot(rows, quality_cell)),
+        "\n### Fewest network evaluations that reach the reference\n\nA cell reaches it when it is worse than the "
+        "reference by at most 2 √(se² + se_ref²), the bootstrap standard errors of the two values (0 for metrics "
+        "without one); `fewest_nfe` is empty when no budget reaches it.\n\n",
+        write(summary, "solver_summary", args.output_dir),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.num_threads is not None:
@@ -163,26 +251,10 @@ def main(argv: list[str] | None = None) -> None:
             write(reconstruction_rows, "table2_reconstruction", args.output_dir),
         ]
     if "quality" in args.tables:
-        reference = fid_reference(args, pipe) if args.metric == "fid" else None
-        quality_rows = tables.sample_quality_table(
-            pipe,
-            steps=args.steps,
-            etas=args.etas,
-            sigma_hat=not args.no_sigma_hat,
-            spacings=args.spacings,
-            num_samples=args.num_samples,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            metric=args.metric,
-            clip_sample={"no": False, "yes": True, "config": None}[args.clip_sample],
-            reference_statistics=reference,
-            fid_kwargs={"backend": args.fid_backend, "device": args.device} if args.metric == "fid" else None,
-        )
-        name = QUALITY_TITLES[args.metric]
-        report += [
-            f"\n## DDIM Table 1 analogue: {name}, {args.num_samples} samples per cell\n\n",
-            write(quality_rows, "table1_quality", args.output_dir, tables.quality_pivot(quality_rows, quality_cell)),
-        ]
+        lines, quality_rows = quality_section(args, pipe)
+        report += lines
+    if "solvers" in args.tables:
+        report += solvers_section(args, pipe)
     if quality_rows or reconstruction_rows:
         plot_tables(
             quality_rows, reconstruction_rows, os.path.join(args.output_dir, "tables.png"), title=args.pretrained

@@ -1,6 +1,9 @@
 """Flags shared by the scripts that run a pipeline (`sample.py`, `evaluate.py`): `--device`, `--channels_last`,
 `--compile`, and the argparse types that check a device and an image path before any work.
 
+NHWC (`--channels_last`) is also the pipeline's own default on the CPU; the flag keeps it on other devices too, as
+these scripts always did, and `--no-channels_last` is the way to NCHW.
+
 Layout and compilation change the speed, not the numbers (up to float rounding); what they gain is measured in
 `benchmarks/README.md`.
 """
@@ -61,7 +64,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
         "--channels_last",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="Run the UNet in NHWC memory layout: the same numbers; the speed-up is measured in benchmarks/README.md.",
+        help="Run the UNet in NHWC memory layout (`pipe.set_memory_format`): the same numbers. The pipeline does so on "
+        "the CPU by itself; the flag also asks for it on other devices, --no-channels_last turns it off. The speed-up "
+        "is measured in benchmarks/README.md.",
     )
     parser.add_argument(
         "--compile",
@@ -79,8 +84,7 @@ def prepare_pipeline(pipe: DDPMPipeline, args: argparse.Namespace) -> torch.devi
     """
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     pipe.to(device)
-    if args.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)  # the pipeline keeps x_t in the UNet's layout
+    pipe.set_memory_format(torch.channels_last if args.channels_last else torch.contiguous_format)
     if args.compile:
         pipe.unet.compile()  # compiles lazily, on the first batch
     return device

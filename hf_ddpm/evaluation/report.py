@@ -1,4 +1,4 @@
-"""Writers for the rows of `hf_ddpm.evaluation.tables`: Markdown, CSV and a PNG of the curves."""
+"""Writers for the rows of `hf_ddpm.evaluation.tables`: Markdown, CSV and PNGs of the curves."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["markdown_table", "plot_tables", "quality_cell", "write_csv"]
+__all__ = ["markdown_table", "plot_solver_table", "plot_tables", "quality_cell", "write_csv"]
 
 
 def _format(value: Any) -> str:
@@ -93,6 +93,40 @@ def plot_tables(
         _plot_reconstruction(axes[0][len(spacings)], reconstruction_rows)
     if title:
         fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_solver_table(rows: list[dict], path: str | os.PathLike, title: str = "") -> None:
+    """
+    One PNG of `solver_table` rows: quality against the counted network evaluations, a line per sampler (with
+    ± standard-error bars where the metric has them), and the reference as a horizontal line.
+
+    Args:
+        rows (`list[dict]`): from `solver_table`.
+        path (`str` or `os.PathLike`): the PNG to write.
+        title (`str`, *optional*, defaults to `""`): figure title (e.g. the model).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for sampler in dict.fromkeys(r["sampler"] for r in rows if not r["reference"]):
+        points = sorted({(r["nfe"], r["value"], r.get("std_error") or 0.0) for r in rows if r["sampler"] == sampler})
+        nfe, value, error = zip(*points)
+        ax.errorbar(nfe, value, yerr=error, marker="o", capsize=2, label=sampler)
+    for ref in (r for r in rows if r["reference"]):
+        ax.axhline(ref["value"], color="k", linestyle="--", label=f"{ref['sampler']} ({ref['nfe']} NFE)")
+    ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=rows[0]["metric"] if rows else "")
+    ax.set_xticks(sorted({r["nfe"] for r in rows}), [str(n) for n in sorted({r["nfe"] for r in rows})])
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

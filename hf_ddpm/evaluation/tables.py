@@ -1,4 +1,5 @@
-"""The papers' tables for one pipeline: DDIM Table 1 (quality vs steps), DDIM Table 2 (reconstruction), NLL.
+"""The papers' tables for one pipeline: DDIM Table 1 (quality vs steps), DDIM Table 2 (reconstruction), NLL, and
+quality vs network evaluations for diffusers' solvers.
 
 Each function returns rows (one `dict` per cell); `hf_ddpm.evaluation.report` writes them out:
 
@@ -9,6 +10,9 @@ Each function returns rows (one `dict` per cell); `hf_ddpm.evaluation.report` wr
 - `reconstruction_table`: per-dimension MSE of DDIM encoding (η = 0 forward, `DDPMPipeline.invert`) followed by
   decoding with the same S steps (DDIM Table 2, §5.4), images scaled to [0, 1].
 - `nll_table`: bits/dim of held-out images (DDPM Table 1's NLL column), `hf_ddpm.evaluation.likelihood`.
+- `solver_table`: quality against the number of network evaluations (NFE) for DDIM η = 0 and diffusers' solvers
+  (DPM-Solver++, UniPC, Euler, Heun, PNDM, ...), with DDPM's full chain as the reference; `solver_summary` gives the
+  fewest NFE at which each sampler matches the reference within its error.
 
 "linear" is DDIM's τ_i = ⌊c·i⌋ with c = ⌊T/S⌋ (diffusers' "leading" spacing, as in the original DDIM code);
 "quadratic" is τ_i = ⌊c·i²⌋ up to ≈ 0.8 T (the paper's CIFAR10 setting). Diffusers' own spacing names ("leading",
@@ -19,24 +23,45 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
+from diffusers import (
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from hf_ddpm.evaluation.likelihood import bits_per_dim
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
+from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
 __all__ = [
     "DDIM_TABLE1_STEPS",
     "DDIM_TABLE2_STEPS",
     "METRICS",
+    "SOLVERS",
+    "SOLVER_TABLE_NFES",
+    "SOLVER_TABLE_SAMPLERS",
     "SPACINGS",
     "nll_table",
     "quality_pivot",
     "reconstruction_table",
     "sample_quality_table",
+    "solver_pivot",
+    "solver_scheduler",
+    "solver_summary",
+    "solver_table",
 ]
 
 DDIM_TABLE1_STEPS = (10, 20, 50, 100, 1000)
@@ -51,6 +76,28 @@ SPACINGS = {
     "linspace": "linspace",
 }
 METRICS = ("digits", "fdd", "fid")
+
+SOLVER_TABLE_NFES = (5, 10, 20, 50)
+# The solver table's samplers: name → (scheduler class, settings beyond the trained config). The DDIM rows are
+# hf_ddpm's DDIMScheduler at η = 0 with the paper's sub-sequences; the others are diffusers' solvers at the settings
+# their papers recommend for unconditional sampling.
+SOLVERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
+    "ddim_linear": (DDIMScheduler, {"timestep_spacing": "leading"}),
+    "ddim_quadratic": (DDIMScheduler, {"timestep_spacing": "quadratic"}),
+    "dpmsolver++_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmsolver++_2s": (
+        DPMSolverSinglestepScheduler,
+        {"algorithm_type": "dpmsolver++", "solver_order": 2, "lower_order_final": True},
+    ),
+    "unipc": (UniPCMultistepScheduler, {}),  # UniPC-bh2: order-2 predictor and corrector, one evaluation per step
+    "euler": (EulerDiscreteScheduler, {}),
+    "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
+    "heun": (HeunDiscreteScheduler, {}),  # two evaluations per step but the last (an Euler step to σ = 0)
+    "pndm": (PNDMScheduler, {}),  # the paper's warm-up: 3 Runge–Kutta steps of 4 evaluations, then linear multistep
+    "lms": (LMSDiscreteScheduler, {}),
+    "deis": (DEISMultistepScheduler, {}),
+}
+SOLVER_TABLE_SAMPLERS = ("ddim_linear", "ddim_quadratic", "dpmsolver++_2m", "unipc", "euler", "heun", "pndm")
 
 
 def _spacing(name: str) -> str:
@@ -355,4 +402,235 @@ def quality_pivot(rows: list[dict], cell: Callable[[dict], Any] | None = None) -
             (row["spacing"], row["sampler"]), {"spacing": row["spacing"], "sampler": row["sampler"]}
         )
         entry[f"S={row['steps']}"] = row["value"] if cell is None else cell(row)
+    return list(pivot.values())
+
+
+def solver_scheduler(name: str, config: Mapping[str, Any], timestep_spacing: str = "trailing") -> SchedulerMixin:
+    """
+    The scheduler of one of the solver table's samplers (`SOLVERS`), for a model trained with `config`.
+
+    Every key of `config` is passed on, so β, T and the prediction type are the model's. (diffusers' `from_config`
+    would replace the keys a config holds at its own class's defaults with the new class's defaults:
+    `HeunDiscreteScheduler` would then silently sample with its β from 0.00085 to 0.012.) x̂_0 is never clipped
+    (`clip_sample=False`, as in `sample_quality_table`), and a learned variance is left to the pipeline to drop.
+
+    Args:
+        name (`str`):
+            A key of `SOLVERS`, e.g. `"dpmsolver++_2m"`.
+        config (`Mapping`):
+            The trained pipeline's scheduler config (`pipe.scheduler.config`).
+        timestep_spacing (`str`, *optional*, defaults to `"trailing"`):
+            Spacing of the diffusers solvers' timesteps; the DDIM rows keep their own ("leading", "quadratic").
+
+    Returns:
+        `SchedulerMixin`: a new scheduler; `config` is not changed.
+    """
+    if name not in SOLVERS:
+        raise ValueError(f"`name` must be one of {sorted(SOLVERS)}, got {name!r}.")
+    scheduler_class, settings = SOLVERS[name]
+    overrides = {"clip_sample": False, "timestep_spacing": timestep_spacing, "variance_type": None, **settings}
+    return scheduler_class.from_config({**_every_key(config), **overrides})
+
+
+def _every_key(config: Mapping[str, Any]) -> dict[str, Any]:
+    """`config` without its record of which keys hold defaults, so that `from_config` passes every key on."""
+    return {key: value for key, value in config.items() if key != "_use_default_values"}
+
+
+def _reference_scheduler(config: Mapping[str, Any]) -> DDPMScheduler:
+    """DDPM's ancestral sampler over all T steps (DDPM Algorithm 2), unclipped, with the model's variance."""
+    return DDPMScheduler.from_config({**_every_key(config), "clip_sample": False, "timestep_spacing": "leading"})
+
+
+def _steps_within(scheduler: SchedulerMixin, nfe: int, num_train_timesteps: int) -> int | None:
+    """The most steps S whose schedule has at most `nfe` timesteps (the pipeline evaluates the network once per
+    timestep); `None` if no S does."""
+    for steps in range(min(nfe, num_train_timesteps), 0, -1):
+        try:
+            scheduler.set_timesteps(steps)
+        except ValueError:  # e.g. PNDM's warm-up needs S >= 4
+            continue
+        if len(scheduler.timesteps) <= nfe:
+            return steps
+    return None
+
+
+@contextmanager
+def _forward_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts `module`'s forward calls while the context is open (in the yielded list's only item)."""
+    calls = [0]
+
+    def count(*_):
+        calls[0] += 1
+
+    handle = module.register_forward_hook(count)
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def _check_nfes(nfes: Sequence[int]) -> list[int]:
+    nfes = list(nfes)
+    if not nfes or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in nfes):
+        raise ValueError(f"`nfes` must be positive ints (numbers of network evaluations), got {nfes}.")
+    return nfes
+
+
+def solver_table(
+    pipeline,
+    *,
+    nfes: Sequence[int] = SOLVER_TABLE_NFES,
+    samplers: Sequence[str] = SOLVER_TABLE_SAMPLERS,
+    num_samples: int = 256,
+    batch_size: int = 256,
+    seed: int = 0,
+    metric: str | Callable[[torch.Tensor], float] = "fdd",
+    reference_statistics: Any = None,
+    fid_kwargs: dict | None = None,
+    timestep_spacing: str = "trailing",
+    reference: bool = True,
+    progress: bool = True,
+) -> list[dict]:
+    """
+    Sample quality against the number of network evaluations (NFE), for DDIM η = 0 and diffusers' solvers.
+
+    For each sampler and NFE budget N, the sampler runs with the most steps S whose schedule evaluates the network
+    at most N times (Heun: 2S − 1; PNDM: S + 9, and S >= 4; the others: S); a budget no S fits has no row. The
+    evaluations are counted by a hook on the UNet's forward while sampling, and the count is the row's `nfe`.
+    Every cell samples from the same seed (the same x_T); no sampler clips x̂_0. The reference row is DDPM's
+    ancestral sampler over all T steps (DDPM Algorithm 2) with the model's variance.
+
+    Args:
+        pipeline (`DDPMPipeline`):
+            The model; its UNet is shared and its scheduler's config (β, T, prediction type) builds every sampler.
+        nfes (`Sequence[int]`, *optional*, defaults to `(5, 10, 20, 50)`):
+            NFE budgets.
+        samplers (`Sequence[str]`, *optional*, defaults to `SOLVER_TABLE_SAMPLERS`):
+            Keys of `SOLVERS`: "ddim_linear", "ddim_quadratic", "dpmsolver++_2m", "unipc", "euler", "heun", "pndm"
+            by default; also "dpmsolver++_2s", "euler_ancestral", "lms", "deis".
+        num_samples (`int`, *optional*, defaults to 256):
+            Samples per cell.
+        batch_size (`int`, *optional*, defaults to 256):
+            Samples per pipeline call.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of every cell's generator.
+        metric (`str` or `Callable`, *optional*, defaults to `"fdd"`):
+            As in [`sample_quality_table`]: `"fdd"` (lower is better, with its bootstrap error, precision and
+            recall), `"digits"`, `"fid"`, or a function of the samples (N, C, H, W) in [0, 1] returning a float.
+        reference_statistics ([`~hf_ddpm.evaluation.fid.FeatureStatistics`] or `str`, *optional*):
+            FID's reference statistics; required for `metric="fid"`.
+        fid_kwargs (`dict`, *optional*):
+            Passed to [`~hf_ddpm.evaluation.fid.fid`].
+        timestep_spacing (`str`, *optional*, defaults to `"trailing"`):
+            Spacing of the diffusers solvers (see [`solver_scheduler`]); "trailing" starts at t = T − 1.
+        reference (`bool`, *optional*, defaults to `True`):
+            Also the DDPM T-step reference row (T network evaluations per sample).
+        progress (`bool`, *optional*, defaults to `True`):
+            A progress bar over cells.
+
+    Returns:
+        `list[dict]`: one row per (sampler, budget) that fits, then the reference: `sampler`, `reference` (bool),
+        `nfe_budget` (T for the reference), `steps`, `nfe` (counted per sample), `metric`, `value`, `num_samples`,
+        `seconds`, and the metric's extra columns (`std_error`, `precision`, `recall` for FDD).
+    """
+    from tqdm.auto import tqdm
+
+    nfes = _check_nfes(nfes)
+    unknown = [name for name in samplers if name not in SOLVERS]
+    if unknown or not samplers:
+        raise ValueError(f"`samplers` must be drawn from {sorted(SOLVERS)}, got {list(samplers)}.")
+    score = _score_fn(metric, reference_statistics, fid_kwargs)
+    config, num_train_timesteps = pipeline.scheduler.config, int(pipeline.scheduler.config.num_train_timesteps)
+    schedulers = {name: solver_scheduler(name, config, timestep_spacing) for name in samplers}
+    cells = [(name, nfe) for name in samplers for nfe in nfes]
+    reference_name = f"ddpm_{num_train_timesteps}"
+    if reference:
+        schedulers[reference_name] = _reference_scheduler(config)
+        cells.append((reference_name, num_train_timesteps))
+    rows, measured = [], {}
+    for name, budget in tqdm(cells, disable=not progress, desc="solver table"):
+        steps = _steps_within(schedulers[name], budget, num_train_timesteps)
+        if steps is None:
+            continue
+        if (name, steps) not in measured:  # budgets above T can give the same schedule
+            pipe = DDPMPipeline(unet=pipeline.unet, scheduler=schedulers[name])
+            pipe.set_progress_bar_config(disable=True)
+            measured[name, steps] = _measure(pipe, steps, num_samples, batch_size, seed, score)
+        rows.append(
+            {"sampler": name, "reference": name == reference_name, "nfe_budget": budget,
+             "steps": steps, "metric": _metric_name(metric), "num_samples": num_samples, **measured[name, steps]}
+        )  # fmt: skip
+    return rows
+
+
+def _measure(
+    pipe: DDPMPipeline, steps: int, num_samples: int, batch_size: int, seed: int, score: Callable
+) -> dict[str, Any]:
+    """Sample with S = `steps`, counting the UNet's evaluations per sample, then score the samples."""
+    start = time.perf_counter()
+    with _forward_calls(pipe.unet) as calls:
+        images = _samples(pipe, num_samples, batch_size, seed, steps, eta=0.0, sigma_hat=False)
+    num_calls = math.ceil(num_samples / batch_size)  # pipeline calls; each evaluates the whole batch at once
+    return {"nfe": calls[0] // num_calls, **score(images), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def solver_summary(rows: list[dict], *, num_std_errors: float = 2.0, higher_is_better: bool = False) -> list[dict]:
+    """
+    The fewest network evaluations at which each sampler of `solver_table` reaches the reference's quality.
+
+    A row reaches it when its value is no worse than the reference's by more than `num_std_errors` standard errors of
+    the difference, √(se² + se_ref²), the two errors (FDD's bootstrap errors) taken as independent: for FDD,
+    value ≤ value_ref + 2 √(se² + se_ref²). Without a `std_error` (FID, the digit proxy, a custom metric) the
+    error counts as 0, so the row must match or beat the reference.
+
+    Args:
+        rows (`list[dict]`):
+            From `solver_table`, with exactly one reference row.
+        num_std_errors (`float`, *optional*, defaults to 2.0):
+            The tolerance, in standard errors of the difference.
+        higher_is_better (`bool`, *optional*, defaults to `False`):
+            `True` for metrics where higher is better (the digit proxy); FDD and FID are lower-is-better.
+
+    Returns:
+        `list[dict]`: one row per sampler, in first-seen order: `sampler`, `fewest_nfe` (`None` if no row reaches
+        the reference), `steps`, `value`, `std_error` (of that row), `allowed_gap` (num_std_errors · √(se² + se_ref²)),
+        `reference`, `reference_nfe`, `reference_value`, `reference_std_error`.
+    """
+    references = [row for row in rows if row["reference"]]
+    if len(references) != 1:
+        raise ValueError(
+            f"`rows` must hold exactly one reference row (solver_table(reference=True)), got {len(references)}."
+        )
+    ref = references[0]
+    sign = -1.0 if higher_is_better else 1.0  # the gap is "how much worse than the reference"
+    summary = {}
+    for row in sorted((r for r in rows if not r["reference"]), key=lambda r: r["nfe"]):
+        entry = summary.setdefault(row["sampler"], {"sampler": row["sampler"], "fewest_nfe": None})
+        allowed = num_std_errors * math.hypot(row.get("std_error") or 0.0, ref.get("std_error") or 0.0)
+        if entry["fewest_nfe"] is None and sign * (row["value"] - ref["value"]) <= allowed:
+            entry.update(fewest_nfe=row["nfe"], steps=row["steps"], value=row["value"],
+                         std_error=row.get("std_error"), allowed_gap=allowed)  # fmt: skip
+    first_seen = dict.fromkeys(row["sampler"] for row in rows if not row["reference"])
+    ref_columns = {"reference": ref["sampler"], "reference_nfe": ref["nfe"], "reference_value": ref["value"],
+                   "reference_std_error": ref.get("std_error")}  # fmt: skip
+    empty = dict.fromkeys(("steps", "value", "std_error", "allowed_gap"))
+    return [{"sampler": name, "fewest_nfe": None, **empty, **summary[name], **ref_columns} for name in first_seen]
+
+
+def solver_pivot(rows: list[dict], cell: Callable[[dict], Any] | None = None) -> list[dict]:
+    """
+    The solver table's layout: one row per sampler, one column per NFE budget (`"NFE ≤ 10"`, ...), and the counted
+    evaluations of its cells (`"NFE used"`).
+
+    Args:
+        rows (`list[dict]`): from `solver_table`.
+        cell (`Callable[[dict], Any]`, *optional*): a row's cell; defaults to its `value`.
+    """
+    columns = {budget: f"NFE ≤ {budget}" for budget in sorted({row["nfe_budget"] for row in rows})}
+    pivot: dict[str, dict] = {}
+    for row in rows:
+        entry = pivot.setdefault(row["sampler"], {"sampler": row["sampler"], **dict.fromkeys(columns.values())})
+        entry[columns[row["nfe_budget"]]] = row["value"] if cell is None else cell(row)
+        entry["NFE used"] = f"{entry['NFE used']}, {row['nfe']}" if "NFE used" in entry else str(row["nfe"])
     return list(pivot.values())

@@ -408,7 +408,7 @@ def load_pipeline(pipeline_cls: type, pretrained_model_name_or_path: str | os.Pa
     scheduler = options.scheduler
     if scheduler is None:
         scheduler = _scheduler_class(*index["scheduler"]).from_pretrained(folder, subfolder="scheduler")
-    pipeline = pipeline_cls(unet=unet, scheduler=scheduler)
+    pipeline = pipeline_cls(unet=unet, scheduler=scheduler, id2label=index.get("id2label"))
     if options.device is not None:
         pipeline.to(options.device)
     pipeline.register_to_config(_name_or_path=path)

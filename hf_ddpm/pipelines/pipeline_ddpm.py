@@ -1,5 +1,6 @@
-"""`DDPMPipeline`: unconditional sampling with DDPM (Ho et al. 2020) or DDIM (Song et al. 2021), DDIM encoding
-(DDIM §4.3) and latent interpolation by slerp (DDIM §5.3).
+"""`DDPMPipeline`: sampling with DDPM (Ho et al. 2020) or DDIM (Song et al. 2021), unconditional or class-conditional
+with classifier-free guidance (Ho & Salimans 2022), DDIM encoding (DDIM §4.3) and latent interpolation by slerp
+(DDIM §5.3).
 
 The pipeline only orchestrates: every coefficient comes from the scheduler (`set_timesteps`, `step`,
 `inversion_step`).
@@ -24,6 +25,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import CommitInfo
 
+from hf_ddpm.pipelines.guidance import (
+    DEFAULT_GUIDANCE_SCALE,
+    ClassifierFreeGuidance,
+    as_label_tensor,
+    check_guidance_scale,
+    normalize_id2label,
+)
 from hf_ddpm.pipelines.hub import push_pipeline, upload_pipeline_folder
 from hf_ddpm.pipelines.loading import load_pipeline
 from hf_ddpm.pipelines.serialization import save_pipeline, to_stock_pipeline
@@ -40,6 +48,7 @@ _STEP_OPTION_DEFAULTS = {"eta": 0.0, "sigma_hat": False, "use_clipped_model_outp
 VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 # Slack on the declared range, so that a float round trip (e.g. 0.5 + 0.5·x) landing a hair outside is not refused.
 _RANGE_TOLERANCE = 1e-4
+_MEMORY_FORMATS = (torch.channels_last, torch.contiguous_format)
 
 
 def slerp(x0: torch.Tensor, x1: torch.Tensor, lam: float | Sequence[float] | torch.Tensor) -> torch.Tensor:
@@ -123,25 +132,39 @@ def _as_image_tensor(images: Any, value_range: tuple[float, float]) -> torch.Ten
 
 class DDPMPipeline(DiffusionPipeline):
     r"""
-    Unconditional image generation with a DDPM-family UNet and a DDPM or DDIM scheduler.
+    Image generation with a DDPM-family UNet and a DDPM or DDIM scheduler, unconditional or class-conditional with
+    classifier-free guidance.
 
     A drop-in for `diffusers.DDPMPipeline` (same weights, scheduler and generator give the same images), plus DDIM's
-    `eta` and σ̂, `latents=`, step-end callbacks, DDIM encoding ([`~DDPMPipeline.invert`]) and slerp interpolation
-    ([`~DDPMPipeline.interpolate`]).
+    `eta` and σ̂, `latents=`, step-end callbacks, DDIM encoding ([`~DDPMPipeline.invert`]), slerp interpolation
+    ([`~DDPMPipeline.interpolate`]) and, for a class-conditional UNet, `class_labels` and `guidance_scale` as in
+    diffusers' `DiTPipeline`. On the CPU the UNet runs in NHWC (channels_last), which is faster there and gives the
+    same numbers up to float rounding; [`~DDPMPipeline.set_memory_format`] chooses another layout.
 
     Parameters:
         unet ([`~hf_ddpm.models.unet_2d.DDPMUNet2DModel`] or `diffusers.UNet2DModel`):
-            The noise predictor ε_θ(x_t, t).
+            The noise predictor ε_θ(x_t, t), or ε_θ(x_t, t, c) with `num_class_embeds = num_classes + 1`: the last
+            index is the null label ∅ (as in `DiTPipeline`).
         scheduler ([`~diffusers.SchedulerMixin`]):
             hf_ddpm's `DDPMScheduler` or `DDIMScheduler`, or any diffusers scheduler with the same `step` API.
+        id2label (`dict[int, str]`, *optional*, defaults to `None`):
+            Class names of a class-conditional UNet, for [`~DDPMPipeline.get_label_ids`]. Kept in the pipeline's
+            config, so `save_pretrained` writes it to `model_index.json` (keys as strings there, ints here).
     """
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
+    _callback_tensor_inputs = ["latents", "class_labels"]
+    # `set_memory_format`'s choice (None: NHWC on the CPU), and the UNet that choice converted to NHWC on the CPU.
+    _memory_format_choice: torch.memory_format | None = None
+    _auto_channels_last_unet: torch.nn.Module | None = None
 
-    def __init__(self, unet: torch.nn.Module, scheduler: SchedulerMixin):
+    def __init__(self, unet: torch.nn.Module, scheduler: SchedulerMixin, id2label: dict[int, str] | None = None):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        id2label = normalize_id2label(id2label)
+        if id2label is not None:
+            self._check_id2label(id2label)
+            self.register_to_config(id2label=id2label)
         # Images in [-1, 1] (DDPM §3.3) <-> [0, 1] / PIL / numpy, with diffusers' conversions.
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
 
@@ -162,8 +185,9 @@ class DDPMPipeline(DiffusionPipeline):
 
     @property
     def memory_format(self) -> torch.memory_format:
-        """The UNet's convolution layout (`torch.channels_last` after `pipe.unet.to(memory_format=...)`); x_t is kept
-        in it so that no convolution converts its input at every step."""
+        """The layout the UNet's convolution weights are in now (`torch.channels_last` after a CPU call, see
+        [`~DDPMPipeline.set_memory_format`]); x_t is kept in it so that no convolution converts its input at every
+        step."""
         for parameter in self.unet.parameters():
             if parameter.ndim != 4:
                 continue
@@ -171,6 +195,147 @@ class DDPMPipeline(DiffusionPipeline):
             if channels_last != nchw:  # both hold for 1 input channel or a 1×1 kernel: look further
                 return torch.channels_last if channels_last else torch.contiguous_format
         return torch.contiguous_format
+
+    # ------------------------------------------------------------------------------------------ class labels
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes a user can ask for: the UNet's `num_class_embeds` less the null label ∅ (index
+        `num_classes`); `None` for an unconditional UNet."""
+        num_class_embeds = self.unet.config.get("num_class_embeds")
+        return None if num_class_embeds is None else int(num_class_embeds) - 1
+
+    @property
+    def id2label(self) -> dict[int, str] | None:
+        """Class index -> name, as given to `__init__` (or read from `model_index.json`); `None` if none was."""
+        return self.config.get("id2label")
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Class name -> index from `id2label`, sorted by name. As in `DiTPipeline`, a name holding commas
+        (`"tench, Tinca tinca"`) gives one entry per part."""
+        labels = {}
+        for index, names in (self.id2label or {}).items():
+            for name in names.split(","):
+                labels[name.strip()] = index
+        return dict(sorted(labels.items()))
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        r"""
+        Class indices of class names, to pass as `class_labels` (as `DiTPipeline.get_label_ids`).
+
+        Args:
+            label (`str` or `list[str]`):
+                Names from [`~DDPMPipeline.labels`] (the pipeline's `id2label`).
+
+        Returns:
+            `list[int]`: one index per name.
+        """
+        names = [label] if isinstance(label, str) else list(label)
+        labels = self.labels
+        if not labels:
+            raise ValueError(
+                "This pipeline has no class names (id2label is None): pass class_labels as ints, or build it with "
+                "DDPMPipeline(unet, scheduler, id2label={0: 'name', ...})."
+            )
+        unknown = [name for name in names if name not in labels]
+        if unknown:
+            raise ValueError(f"label names {unknown} are not in id2label; known names: {sorted(labels)}.")
+        return [labels[name] for name in names]
+
+    def _check_id2label(self, id2label: dict[int, str]) -> None:
+        if self.unet is None:
+            return
+        num_classes = self.num_classes
+        if num_classes is None:
+            raise ValueError("id2label was given but the UNet is unconditional (num_class_embeds is None).")
+        beyond = [index for index in id2label if index >= num_classes]
+        if beyond:
+            raise ValueError(
+                f"id2label keys must be class indices in [0, {num_classes - 1}] (num_classes = num_class_embeds - 1 "
+                f"= {num_classes}; {num_classes} is the null label ∅), got {beyond}."
+            )
+
+    def _prepare_guidance(
+        self,
+        class_labels: Any,
+        guidance_scale: Any,
+        batch_size: Any,
+        default_scale: float,
+        batch_phrase: str = "batch_size is {}",
+    ) -> ClassifierFreeGuidance:
+        """The check of `class_labels`, `guidance_scale` and `batch_size` together, at the public call that got them:
+        `batch_size=None` is the number of labels (1 without labels); `guidance_scale=None` is `default_scale` with
+        labels and 1 (no guidance) without."""
+        self._check_components()
+        labels = None if class_labels is None else self._check_class_labels(class_labels)
+        if batch_size is None:
+            batch_size = 1 if labels is None else labels.shape[0]
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+        if labels is not None and labels.shape[0] not in (1, batch_size):
+            raise ValueError(
+                f"class_labels holds {labels.shape[0]} labels but {batch_phrase.format(batch_size)}: give one label per "
+                "sample, or a single label for all."
+            )
+        if guidance_scale is None:
+            guidance_scale = default_scale if labels is not None else 1.0
+        check_guidance_scale(guidance_scale, self.num_classes, has_labels=labels is not None)
+        if labels is not None:
+            labels = labels.expand(batch_size).to(self._execution_device)
+        return ClassifierFreeGuidance.build(
+            labels, self.num_classes, float(guidance_scale), batch_size, self._execution_device
+        )
+
+    def _check_class_labels(self, class_labels: Any) -> torch.Tensor:
+        num_classes = self.num_classes
+        if num_classes is None:
+            raise ValueError(
+                "class_labels were given but the UNet is unconditional (num_class_embeds is None); leave "
+                "class_labels=None."
+            )
+        labels = as_label_tensor(class_labels)
+        if labels.numel() == 0:
+            raise ValueError("class_labels is empty: give one label per sample, or a single label for all.")
+        outside = labels[(labels < 0) | (labels >= num_classes)]
+        if outside.numel():
+            raise ValueError(
+                f"class_labels must lie in [0, {num_classes - 1}] (num_classes = {num_classes}; index {num_classes} "
+                f"is the null label ∅ that guidance adds itself), got {outside.unique().tolist()}."
+            )
+        return labels
+
+    def set_memory_format(self, memory_format: torch.memory_format | None) -> None:
+        """
+        Choose the memory layout the UNet runs in when sampling and encoding; it changes the speed, not the numbers
+        (up to float rounding). The UNet is converted in place: now for an explicit layout, at the next
+        `__call__`/`invert` for `None`.
+
+        Args:
+            memory_format (`torch.memory_format` or `None`):
+                `torch.channels_last` (NHWC), `torch.contiguous_format` (NCHW) or `None`, the default: NHWC on the CPU,
+                where it is measured faster (`benchmarks/README.md`), and on other devices the layout the UNet has.
+        """
+        if memory_format is not None and memory_format not in _MEMORY_FORMATS:
+            raise ValueError(
+                f"memory_format must be torch.channels_last, torch.contiguous_format or None (NHWC on the CPU), got "
+                f"{memory_format!r}."
+            )
+        self._memory_format_choice = memory_format
+        if memory_format is not None and self.unet is not None:
+            self.unet.to(memory_format=memory_format)
+
+    def _prepare_memory_format(self) -> torch.memory_format:
+        """Put the UNet in this call's layout (see `set_memory_format`), converting it at most once; return it."""
+        target = self._memory_format_choice
+        if target is None and self._execution_device.type == "cpu":
+            target = torch.channels_last
+            self._auto_channels_last_unet = self.unet
+        elif target is None and self._auto_channels_last_unet is self.unet:
+            # Moved off the CPU after the default converted it: give the UNet back its own layout.
+            target, self._auto_channels_last_unet = torch.contiguous_format, None
+        if target is not None and self.memory_format != target:
+            self.unet.to(memory_format=target)
+        return self.memory_format
 
     # ---------------------------------------------------------------------------------------------- sampling
     @property
@@ -182,7 +347,7 @@ class DDPMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        batch_size: int = 1,
+        batch_size: int | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         num_inference_steps: int | None = None,
         eta: float = 0.0,
@@ -196,13 +361,16 @@ class DDPMPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         sigma_hat: bool = False,
         use_clipped_model_output: bool | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""
-        Sample images: x_T ~ N(0, I), then the scheduler's reverse steps down to x_0 (DDPM Algorithm 2, or DDIM eq. 12).
+        Sample images: x_T ~ N(0, I), then the scheduler's reverse steps down to x_0 (DDPM Algorithm 2, or DDIM eq. 12),
+        with the guided ε̃ of classifier-free guidance (Ho & Salimans 2022) when `class_labels` are given.
 
         Args:
-            batch_size (`int`, *optional*, defaults to 1):
-                Number of images to generate.
+            batch_size (`int`, *optional*, defaults to `None`):
+                Number of images to generate; `None` means one per label of `class_labels`, or 1 without labels.
             generator (`torch.Generator` or `list[torch.Generator]`, *optional*, defaults to `None`):
                 Source of randomness. With a list (one per sample), sample i draws its x_T and its per-step noise from
                 `generator[i]` only, so it does not depend on the batch it is drawn in.
@@ -223,21 +391,36 @@ class DDPMPipeline(DiffusionPipeline):
                 Return an [`~diffusers.ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*, defaults to `None`):
                 Called after each step as `callback_on_step_end(pipe, i, t, callback_kwargs)` and must return a dict
-                (diffusers' convention); a `"latents"` entry in it replaces the current x_t. `pipe.num_timesteps` is
-                the number of steps of this call.
+                (diffusers' convention); a `"latents"` entry in it replaces the current x_t, a `"class_labels"` entry
+                the labels of the following steps (same guidance scale). `pipe.num_timesteps` is the number of steps
+                of this call.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*, defaults to `None`):
-                Tensors put in `callback_kwargs`, from `["latents"]`; `None` means `["latents"]`.
+                Tensors put in `callback_kwargs`, from `["latents", "class_labels"]` (the labels c, one per sample, or
+                `None`); `None` means `["latents"]`.
             sigma_hat (`bool`, *optional*, defaults to `False`):
                 DDIM's σ̂_t = √(1 − ᾱ_t/ᾱ_prev) (the "larger variance" row of DDIM Table 1). Only for schedulers whose
                 `step` takes `sigma_hat` (hf_ddpm's `DDIMScheduler`).
             use_clipped_model_output (`bool`, *optional*, defaults to `None`):
                 As in `diffusers.DDIMPipeline`: `True`/`False` is passed to the scheduler's `step` (DDIM: re-derive ε̂
                 from the clipped x̂_0), which must take it; `None` passes nothing.
+            class_labels (`int`, `list[int]` or `torch.Tensor`, *optional*, defaults to `None`):
+                The class c of each sample, in [0, `num_classes` − 1] (names map to ids with
+                [`~DDPMPipeline.get_label_ids`]); a single label is used for the whole batch. Only for a
+                class-conditional UNet; `None` samples it unconditionally, with the null label ∅.
+            guidance_scale (`float`, *optional*, defaults to `None`):
+                diffusers' guidance scale s (as in `DiTPipeline`): ε̃ = ε_θ(x_t, ∅) + s · (ε_θ(x_t, c) − ε_θ(x_t, ∅)),
+                i.e. s = 1 + w for the paper's ε̃ = (1 + w) ε_θ(x_t, c) − w ε_θ(x_t, ∅). 1 runs the conditional
+                model alone, 0 the unconditional one (one forward per step each); any other s runs both halves in one
+                batched forward per step. A learned variance comes from the conditional half. `None` means 2.0 (the
+                paper's w = 1) with `class_labels` and 1 without; higher s draws the class more surely and less
+                diversely. Without `class_labels` only `None`, 0 and 1 are accepted.
 
         Returns:
             [`~diffusers.ImagePipelineOutput`] or `tuple`: `ImagePipelineOutput(images=...)`, or `(images,)` when
             `return_dict` is `False`.
         """
+        guidance = self._prepare_guidance(class_labels, guidance_scale, batch_size, DEFAULT_GUIDANCE_SCALE)
+        batch_size = guidance.batch_size
         self._check_call_inputs(batch_size, generator, output_type, latents)
         tensor_inputs = self._callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
         step_kwargs = self._step_kwargs(
@@ -247,15 +430,14 @@ class DDPMPipeline(DiffusionPipeline):
             num_inference_steps = self.default_num_inference_steps
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         self._num_timesteps = len(self.scheduler.timesteps)
-        latents = self._prepare_latents(batch_size, generator, latents)
+        latents = self._prepare_latents(batch_size, generator, latents, self._prepare_memory_format())
 
         uses_learned_variance = self._uses_learned_variance(self.scheduler)
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_output = self._denoiser_output(latents, t, self.scheduler, uses_learned_variance)
+            model_output = self._denoiser_output(latents, t, self.scheduler, uses_learned_variance, guidance)
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
-                state = self._step_end(callback_on_step_end, i, t, {"latents": latents}, tensor_inputs)
-                latents = state["latents"]
+                latents, guidance = self._callback_step(callback_on_step_end, i, t, latents, guidance, tensor_inputs)
 
         images = self.image_processor.postprocess(latents, output_type=output_type)  # [-1, 1] -> [0, 1]
         self.maybe_free_model_hooks()
@@ -269,10 +451,8 @@ class DDPMPipeline(DiffusionPipeline):
                     f"scheduler=...) or set pipe.{name} first."
                 )
 
-    def _check_call_inputs(self, batch_size: Any, generator: Any, output_type: Any, latents: Any) -> None:
-        self._check_components()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
+    def _check_call_inputs(self, batch_size: int, generator: Any, output_type: Any, latents: Any) -> None:
+        """The rest of `__call__`'s check, after `_prepare_guidance` (components, labels, scale, batch size)."""
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -307,6 +487,23 @@ class DDPMPipeline(DiffusionPipeline):
             )
         return {name: outputs.get(name, value) for name, value in state.items()}
 
+    def _callback_step(
+        self,
+        callback: Callable,
+        i: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        guidance: ClassifierFreeGuidance,
+        names: list[str],
+    ) -> tuple[torch.Tensor, ClassifierFreeGuidance]:
+        """`_step_end` with x_t and the labels c; labels the callback returns are checked like `class_labels`."""
+        state = self._step_end(callback, i, t, {"latents": latents, "class_labels": guidance.class_labels}, names)
+        if state["class_labels"] is not guidance.class_labels:
+            guidance = self._prepare_guidance(
+                state["class_labels"], guidance.guidance_scale, guidance.batch_size, DEFAULT_GUIDANCE_SCALE
+            )
+        return state["latents"], guidance
+
     def _step_kwargs(self, generator: Any, **options: Any) -> dict[str, Any]:
         """The keyword arguments `scheduler.step` takes: the generator, and each of `options` (η, σ̂, clipped ε̂),
         whose values the scheduler checks. An option set for a scheduler whose `step` lacks it is refused, not
@@ -324,13 +521,15 @@ class DDPMPipeline(DiffusionPipeline):
                 )
         return kwargs
 
-    def _prepare_latents(self, batch_size: int, generator: Any, latents: torch.Tensor | None) -> torch.Tensor:
+    def _prepare_latents(
+        self, batch_size: int, generator: Any, latents: torch.Tensor | None, memory_format: torch.memory_format
+    ) -> torch.Tensor:
         """x_T ~ N(0, I) (DDPM Algorithm 2, line 1) or the given (checked) `latents`, times the scheduler's initial
         sigma (1 for DDPM/DDIM), in the UNet's memory format."""
         if latents is None:
             shape = (batch_size, *self.sample_shape)
             latents = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-        return (latents * self.scheduler.init_noise_sigma).contiguous(memory_format=self.memory_format)
+        return (latents * self.scheduler.init_noise_sigma).contiguous(memory_format=memory_format)
 
     def _check_latents(self, latents: Any, shape: tuple, device: torch.device, dtype: torch.dtype) -> None:
         if not isinstance(latents, torch.Tensor):
@@ -358,13 +557,22 @@ class DDPMPipeline(DiffusionPipeline):
         return takes_variance and scheduler.config.variance_type in LEARNED_VARIANCE_TYPES
 
     def _denoiser_output(
-        self, latents: torch.Tensor, t: torch.Tensor, scheduler: SchedulerMixin, uses_learned_variance: bool
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        scheduler: SchedulerMixin,
+        uses_learned_variance: bool,
+        guidance: ClassifierFreeGuidance,
     ) -> torch.Tensor:
-        """The UNet's output at (x_t, t) as `scheduler.step` takes it: a learned-variance UNet (Nichol & Dhariwal
-        2021) returns 2C channels, of which a scheduler that does not use the variance gets only the prediction."""
-        model_output = self.unet(scheduler.scale_model_input(latents, t), t).sample
-        if not uses_learned_variance and model_output.shape[1] == 2 * latents.shape[1]:
-            model_output = model_output[:, : latents.shape[1]]
+        """The UNet's output at (x_t, t), guided (ε̃) when `guidance` runs both halves, as `scheduler.step` takes it: a
+        learned-variance UNet (Nichol & Dhariwal 2021) returns 2C channels, of which a scheduler that does not use the
+        variance gets only the prediction."""
+        channels = latents.shape[1]
+        # Scaled after batching: the halves are one input to the scheduler (Euler divides by √(σ² + 1)).
+        model_input = scheduler.scale_model_input(guidance.model_input(latents), t)
+        model_output = guidance.combine(self.unet(model_input, t, **guidance.unet_kwargs()).sample, channels)
+        if not uses_learned_variance and model_output.shape[1] == 2 * channels:
+            model_output = model_output[:, :channels]
         return model_output
 
     # --------------------------------------------------------------------------------------------- encoding
@@ -374,6 +582,8 @@ class DDPMPipeline(DiffusionPipeline):
         images: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor,
         num_inference_steps: int = 50,
         value_range: tuple[float, float] = (0.0, 1.0),
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
     ) -> torch.Tensor:
         r"""
         DDIM encoding (DDIM §4.3): eq. 12 with η = 0 run forward in t, from x_0 to x_T. DDIM sampling with η = 0 and
@@ -394,19 +604,29 @@ class DDPMPipeline(DiffusionPipeline):
             value_range (`tuple[float, float]`, *optional*, defaults to `(0.0, 1.0)`):
                 The range of float images: `(0, 1)` (what `output_type="np"`/`"pt"` return) or `(-1, 1)` (the model's
                 space, e.g. training batches). Values outside it are an error.
+            class_labels (`int`, `list[int]` or `torch.Tensor`, *optional*, defaults to `None`):
+                The class of each image, for a class-conditional UNet, as in `__call__`; `None` encodes with the null
+                label ∅. Decode with the same labels.
+            guidance_scale (`float`, *optional*, defaults to 1.0):
+                The guidance scale s of the ODE being run, as in `__call__`. The default 1 follows the conditional
+                model's own ODE, the one that inverts best. Under s ≠ 1 encoding follows the guided ε̃ and decodes
+                back only with the same s; its round trip is no exact inverse either, and worsens as s grows
+                (Mokady et al. 2023 invert at s = 1 for that reason).
 
         Returns:
             `torch.Tensor`: x_T, shape `(B, C, H, W)`, on the pipeline's device in the UNet's dtype; pass it as
-            `latents=`.
+            `latents=` (with the same `class_labels` and `guidance_scale`).
         """
         self._check_components()
         scheduler = DDIMScheduler.from_config(self.scheduler.config)
         scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        sample = self._images_to_model_space(images, value_range).contiguous(memory_format=self.memory_format)
+        memory_format = self._prepare_memory_format()
+        sample = self._images_to_model_space(images, value_range).contiguous(memory_format=memory_format)
+        guidance = self._prepare_guidance(class_labels, guidance_scale, sample.shape[0], 1.0, "{} images were given")
         self._warn_if_decoding_changes_x0()
         # Encoding visits the sampling schedule backwards: from the clean end up to the noisiest timestep.
         for t in self.progress_bar(scheduler.timesteps.flip(0)):
-            model_output = self._denoiser_output(sample, t, scheduler, uses_learned_variance=False)
+            model_output = self._denoiser_output(sample, t, scheduler, False, guidance)
             sample = scheduler.inversion_step(model_output, t, sample).prev_sample
         self.maybe_free_model_hooks()
         return sample
@@ -469,7 +689,8 @@ class DDPMPipeline(DiffusionPipeline):
 
         Returns:
             `torch.Tensor`: `(num, C, H, W)` for single latents; for batches `(N·num, C, H, W)` with pair n's path at
-            rows `n·num ... n·num + num − 1`. Pass it with `batch_size=result.shape[0]`.
+            rows `n·num ... n·num + num − 1`. Pass it with `batch_size=result.shape[0]`; for a class-conditional
+            UNet, give one class per pair as `class_labels=labels.repeat_interleave(num)`.
         """
         self._check_components()
         if isinstance(num, bool) or not isinstance(num, int) or num < 2:

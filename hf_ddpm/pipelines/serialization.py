@@ -141,6 +141,11 @@ def _pipeline_incompatibility(unet: Any, scheduler: Any) -> str | None:
             f"{type(scheduler).__name__} does not use; stock DDPMPipeline would pass all channels to scheduler.step, "
             "hf_ddpm's drops the variance"
         )
+    if config.get("num_class_embeds") is not None:
+        return (
+            "its UNet is class-conditional (num_class_embeds is set); stock DDPMPipeline passes no class_labels, "
+            "hf_ddpm's samples classes with classifier-free guidance"
+        )
     return None
 
 
@@ -236,6 +241,8 @@ def save_pipeline(
         )
     pipeline_cls = type(pipeline) if PIPELINE in reasons else diffusers.DDPMPipeline
     to_save = pipeline_cls(**components)
+    if getattr(pipeline, "id2label", None) is not None:
+        to_save.register_to_config(id2label=pipeline.id2label)  # class names, for get_label_ids after loading
     # The base class's method: hf_ddpm's DDPMPipeline.save_pretrained calls this function.
     DiffusionPipeline.save_pretrained(
         to_save, folder, safe_serialization=True, variant=variant, max_shard_size=max_shard_size

@@ -138,6 +138,7 @@ positive_float = _ranged(float, lambda v: v > 0, "a number > 0", "positive_float
 non_negative_float = _ranged(float, lambda v: v >= 0, "a number >= 0", "non_negative_float")
 decay_factor = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "decay_factor")
 probability_below_one = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "probability_below_one")
+seed_value = _ranged(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (numpy's seed range)", "seed_value")
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -304,10 +305,12 @@ def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
     optim.add_argument(
         "--lr_warmup_steps", type=non_negative_int, default=5000, help="Linear warm-up steps of the LR."
     )
-    optim.add_argument("--adam_beta1", type=float, default=0.9, help="Adam's β1.")
-    optim.add_argument("--adam_beta2", type=float, default=0.999, help="Adam's β2.")
-    optim.add_argument("--adam_weight_decay", type=float, default=0.0, help="Decoupled weight decay (AdamW).")
-    optim.add_argument("--adam_epsilon", type=float, default=1e-8, help="Adam's ε.")
+    optim.add_argument("--adam_beta1", type=decay_factor, default=0.9, help="Adam's β1.")
+    optim.add_argument("--adam_beta2", type=decay_factor, default=0.999, help="Adam's β2.")
+    optim.add_argument(
+        "--adam_weight_decay", type=non_negative_float, default=0.0, help="Decoupled weight decay (AdamW)."
+    )
+    optim.add_argument("--adam_epsilon", type=non_negative_float, default=1e-8, help="Adam's ε.")
     optim.add_argument(
         "--adam_implementation",
         type=str,
@@ -316,7 +319,9 @@ def _add_optimizer_args(parser: argparse.ArgumentParser) -> None:
         help="torch's AdamW kernels: 'auto' is the fused one where torch has it (CPU, CUDA), the same update faster.",
     )
     optim.add_argument("--max_grad_norm", type=positive_float, default=1.0, help="Gradient clipping norm.")
-    optim.add_argument("--seed", type=int, default=0, help="Seeds the model init, data order and every per-step draw.")
+    optim.add_argument(
+        "--seed", type=seed_value, default=0, help="Seeds the model init, data order and every per-step draw."
+    )
 
 
 def _add_ema_args(parser: argparse.ArgumentParser) -> None:
@@ -327,8 +332,10 @@ def _add_ema_args(parser: argparse.ArgumentParser) -> None:
         default=True,
         help="Keep an EMA of the weights (hf_ddpm.training.ema.EMAModel); the final pipeline uses the EMA weights.",
     )
-    ema.add_argument("--ema_inv_gamma", type=float, default=1.0, help="EMA warm-up: decay = 1 - (1 + n/γ)^-p.")
-    ema.add_argument("--ema_power", type=float, default=3 / 4, help="p of the EMA warm-up.")
+    ema.add_argument(
+        "--ema_inv_gamma", type=positive_float, default=1.0, help="EMA warm-up: decay = 1 - (1 + n/γ)^-p."
+    )
+    ema.add_argument("--ema_power", type=positive_float, default=3 / 4, help="p of the EMA warm-up.")
     ema.add_argument("--ema_max_decay", type=decay_factor, default=0.9999, help="Upper bound of the EMA decay.")
 
 

@@ -135,6 +135,22 @@ def use_random_flip(args: argparse.Namespace) -> bool:
     return not ("mnist" in name or "digit" in name)
 
 
+def _read_config_file(path: str) -> dict:
+    """A UNet config JSON file's fields; a malformed file is named with the JSON error's line and column."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(
+            f"--model_config {path!r} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}."
+        ) from e
+    if not isinstance(config, dict):
+        raise ValueError(
+            f"--model_config {path!r} must hold a JSON object of UNet config fields, got a {type(config).__name__}."
+        )
+    return {key: value for key, value in config.items() if not key.startswith("_")}
+
+
 def load_unet_config(model_config: str) -> dict:
     """
     The UNet config that `--model_config` (or train_unconditional.py's `--model_config_name_or_path`) names.
@@ -154,6 +170,8 @@ def load_unet_config(model_config: str) -> dict:
     presets = DDPMUNet2DModel.presets()
     if model_config in presets:
         return presets[model_config]
+    if os.path.isfile(model_config):
+        return _read_config_file(model_config)
     try:
         config = DDPMUNet2DModel.load_config(model_config)
     except (OSError, ValueError) as error:
@@ -290,44 +308,11 @@ def _hparams(run: TrainingRun) -> dict:
     return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k not in skipped}
 
 
-# Flag ranges the optimizer and the EMA need but the parser does not check: (flag, allowed, what is allowed).
-_FLAG_RANGES = (
-    ("adam_beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("adam_beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("adam_epsilon", lambda v: v >= 0, "a number >= 0"),
-    ("adam_weight_decay", lambda v: v >= 0, "a number >= 0"),
-    ("ema_inv_gamma", lambda v: v > 0, "a number > 0 (γ of decay = 1 - (1 + n/γ)^-p)"),
-    ("ema_power", lambda v: v > 0, "a number > 0 (p of decay = 1 - (1 + n/γ)^-p)"),
-    ("seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (numpy's seed range)"),
-)
-
-
-def check_flag_values(args: argparse.Namespace) -> None:
-    """
-    Refuse, before any work, flag values the parser lets through but training cannot use: the ranges of
-    `_FLAG_RANGES`, and a `--model_config` file that is not a JSON object.
-
-    Raises:
-        `ValueError`: naming the flag, its value and what is allowed.
-    """
-    for name, allowed, what in _FLAG_RANGES:
-        value = getattr(args, name)
-        if not allowed(value):
-            raise ValueError(f"--{name} must be {what}, got {value!r}.")
+def check_model_config_file(args: argparse.Namespace) -> None:
+    """Read a `--model_config` JSON file before any work, so a malformed one is refused before the output folder
+    is touched (presets and Hub ids are resolved when the UNet is built)."""
     if os.path.isfile(args.model_config):
-        try:
-            with open(args.model_config, encoding="utf-8") as f:
-                config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(
-                f"--model_config {args.model_config!r} is not valid JSON: {e.msg} at line {e.lineno}, column "
-                f"{e.colno}."
-            ) from e
-        if not isinstance(config, dict):
-            raise ValueError(
-                f"--model_config {args.model_config!r} must hold a JSON object of UNet config fields, got a "
-                f"{type(config).__name__}."
-            )
+        load_unet_config(args.model_config)
 
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
@@ -1077,7 +1062,7 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
             checkpoint is written from such a state, and the message names the last one that resumes.
     """
     validate_args(args)
-    check_flag_values(args)
+    check_model_config_file(args)
     accelerator = make_accelerator(args)
     prepare_output_dir(accelerator, args)
     unet_shape = check_model(args)  # on the meta device: bad model flags fail before any data is loaded

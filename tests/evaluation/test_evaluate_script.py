@@ -61,3 +61,37 @@ def test_script_writes_the_fdd_quality_table(tiny_pipeline_dir, tmp_path, monkey
     assert all(float(r["value"]) > 0 and 0 <= float(r["recall"]) <= 1 for r in rows)
     assert " ± " in (out / "table1_quality.md").read_text() and (out / "tables.png").stat().st_size > 0
     assert "Fréchet digit distance" in (out / "results.md").read_text()
+
+
+def test_solver_flags_parse_and_reject_unknown_samplers():
+    script = load_example("evaluate")
+    args = script.parse_args(
+        ["--pretrained", "x", "--tables", "solvers", "--nfes", "5,10", "--samplers", "heun,unipc"]
+    )
+    assert args.tables == ["solvers"] and args.nfes == [5, 10] and args.samplers == ["heun", "unipc"]
+    defaults = script.parse_args(["--pretrained", "x"])
+    assert defaults.nfes == [5, 10, 20, 50] and "dpmsolver++_2m" in defaults.samplers
+    assert defaults.solver_spacing == "trailing" and "solvers" not in defaults.tables
+    with pytest.raises(SystemExit):
+        script.parse_args(["--pretrained", "x", "--samplers", "heun,rk45"])
+
+
+@pytest.mark.slow  # trains the 8 px digit classifier into a temporary cache, then ~20 FDD cells
+def test_script_writes_the_solver_table(tiny_pipeline_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DDPM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    load_example("evaluate").main(
+        ["--pretrained", str(tiny_pipeline_dir), "--output_dir", str(out), "--tables", "solvers", "--metric", "fdd",
+         "--nfes", "3,5", "--samplers", "ddim_linear,heun", "--num_samples", "16", "--num_threads", "1"]
+    )  # fmt: skip
+    with open(out / "solver_table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["sampler"], int(r["steps"]), int(r["nfe"])) for r in rows] == [
+        ("ddim_linear", 3, 3), ("ddim_linear", 5, 5), ("heun", 2, 3), ("heun", 3, 5), ("ddpm_10", 10, 10)
+    ]  # fmt: skip
+    assert all(float(r["value"]) > 0 and float(r["std_error"]) > 0 for r in rows)
+    with open(out / "solver_summary.csv") as f:
+        assert [r["sampler"] for r in csv.DictReader(f)] == ["ddim_linear", "heun"]
+    results = (out / "results.md").read_text()
+    assert "NFE ≤ 3" in results and "2 √(se² + se_ref²)" in results and "No sampler clips" in results
+    assert (out / "solvers.png").stat().st_size > 0

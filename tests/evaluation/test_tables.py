@@ -1,18 +1,42 @@
-"""The DDIM Table 1 / Table 2 analogues and the NLL row, on the exact ε-model of Gaussian data (a short chain)."""
+"""The DDIM Table 1 / Table 2 analogues, the NLL row and the solver table, on the exact ε-model of Gaussian data (a
+short chain) and a tiny random UNet."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from diffusers import HeunDiscreteScheduler
 
 from hf_ddpm.evaluation.likelihood import bits_per_dim
-from hf_ddpm.evaluation.tables import nll_table, quality_pivot, reconstruction_table, sample_quality_table
+from hf_ddpm.evaluation.tables import (
+    SOLVERS,
+    nll_table,
+    quality_pivot,
+    reconstruction_table,
+    sample_quality_table,
+    solver_pivot,
+    solver_scheduler,
+    solver_summary,
+    solver_table,
+)
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 
 MEAN, STD = 0.1, 0.3
+
+
+@pytest.fixture
+def tiny_pipeline():
+    def make(num_train_timesteps: int) -> DDPMPipeline:
+        torch.manual_seed(0)
+        unet = DDPMUNet2DModel.from_preset("tiny").eval()
+        pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=num_train_timesteps))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    return make
 
 
 def std_error(images: torch.Tensor) -> float:
@@ -126,3 +150,112 @@ def test_quality_table_reports_fdd_with_its_error_precision_and_recall(gaussian_
         assert row["value"] > 100 and 0 < row["std_error"] < row["value"]  # real digits vs real digits: ~5
         assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
     assert rows[0]["value"] != rows[1]["value"]
+
+
+def _row(sampler, nfe, value, std_error=None, reference=False):
+    row = {"sampler": sampler, "reference": reference, "nfe_budget": nfe, "steps": nfe, "nfe": nfe, "value": value}
+    return row if std_error is None else {**row, "std_error": std_error}
+
+
+def test_solver_summary_picks_the_fewest_nfe_within_two_standard_errors_of_the_reference():
+    # Reference FDD 10 ± 1: a cell with se 1 reaches it when FDD ≤ 10 + 2·√2 ≈ 12.83.
+    rows = [
+        _row("a", 20, 10.1, 1.0), _row("a", 5, 20.0, 1.0), _row("a", 10, 12.5, 1.0),  # 12.5 reaches, 20 does not
+        _row("b", 10, 13.0, 1.0), _row("b", 20, 9.0, 1.0),  # 13.0 is 3.0 > 2.83 worse; beating the reference counts
+        _row("c", 50, 30.0, 1.0),
+        _row("ddpm_1000", 1000, 10.0, 1.0, reference=True),
+    ]  # fmt: skip
+    summary = {row["sampler"]: row for row in solver_summary(rows)}
+    assert list(summary) == ["a", "b", "c"]
+    assert summary["a"]["fewest_nfe"] == 10 and summary["a"]["value"] == 12.5
+    assert summary["a"]["allowed_gap"] == pytest.approx(2 * np.sqrt(2))
+    assert summary["b"]["fewest_nfe"] == 20 and summary["c"]["fewest_nfe"] is None and summary["c"]["value"] is None
+    assert summary["a"]["reference"] == "ddpm_1000" and summary["a"]["reference_value"] == 10.0
+    # A wider tolerance lets b reach it at 10; with no error column the reference value itself is the bar.
+    assert {r["sampler"]: r["fewest_nfe"] for r in solver_summary(rows, num_std_errors=3)}["b"] == 10
+    share = [_row("a", 5, 0.85), _row("a", 10, 0.92), _row("ddpm_1000", 1000, 0.9, reference=True)]
+    assert solver_summary(share, higher_is_better=True)[0]["fewest_nfe"] == 10
+    with pytest.raises(ValueError, match="reference"):
+        solver_summary(rows[:-1])
+
+
+def test_solver_table_counts_network_evaluations_per_sample(tiny_pipeline):
+    pipe = tiny_pipeline(num_train_timesteps=50)
+    calls = []
+    pipe.unet.register_forward_hook(lambda *_: calls.append(1))  # an independent count of every evaluation
+    rows = solver_table(pipe, nfes=(5, 10, 20), num_samples=3, batch_size=2, metric=_mean, progress=False)
+    cells = [(r["sampler"], r["nfe_budget"], r["steps"], r["nfe"]) for r in rows]
+    one_per_step = ("ddim_linear", "ddim_quadratic", "dpmsolver++_2m", "unipc", "euler")
+    assert cells == [
+        *[(name, n, n, n) for name in one_per_step for n in (5, 10, 20)],
+        # Heun: 2S − 1 evaluations (no correction on the last step to σ = 0).
+        ("heun", 5, 3, 5), ("heun", 10, 5, 9), ("heun", 20, 10, 19),
+        # PNDM: three Runge–Kutta steps of 4 evaluations, then one per step (S + 9, S >= 4): nothing fits 5 or 10.
+        ("pndm", 20, 11, 20),
+        ("ddpm_50", 50, 50, 50),
+    ]  # fmt: skip
+    assert [r["reference"] for r in rows] == [False] * (len(rows) - 1) + [True]
+    assert len(calls) == 2 * sum(r["nfe"] for r in rows)  # two pipeline calls (batches of 2 and 1) per cell
+    assert all(r["metric"] == "_mean" and r["num_samples"] == 3 and np.isfinite(r["value"]) for r in rows)
+    pivot = solver_pivot(rows)
+    assert list(pivot[0]) == ["sampler", "NFE ≤ 5", "NFE ≤ 10", "NFE ≤ 20", "NFE ≤ 50", "NFE used"]
+    heun = next(p for p in pivot if p["sampler"] == "heun")
+    assert heun["NFE used"] == "5, 9, 19" and heun["NFE ≤ 50"] is None
+    assert next(p for p in pivot if p["sampler"] == "pndm")["NFE ≤ 5"] is None
+
+
+def test_solver_table_runs_each_schedule_once_when_budgets_exceed_t(tiny_pipeline):
+    pipe = tiny_pipeline(num_train_timesteps=10)
+    rows = solver_table(pipe, nfes=(20, 50), samplers=("unipc",), num_samples=2, metric=_mean, progress=False)
+    assert [(r["nfe_budget"], r["steps"], r["nfe"]) for r in rows] == [(20, 10, 10), (50, 10, 10), (10, 10, 10)]
+    assert rows[0]["seconds"] == rows[1]["seconds"]  # the same measurement, reported under both budgets
+
+
+def test_solver_scheduler_keeps_the_models_noise_schedule_and_never_clips():
+    # A config held in memory marks its default keys; diffusers' from_config would give Heun its own β there.
+    config = DDPMScheduler(clip_sample=True).config
+    assert HeunDiscreteScheduler.from_config(config).config.beta_end != config.beta_end  # the pitfall
+    for name in SOLVERS:
+        scheduler = solver_scheduler(name, config)
+        torch.testing.assert_close(scheduler.alphas_cumprod.double(), DDPMScheduler().alphas_cumprod.double())
+        assert not scheduler.config.get("clip_sample", False), name
+    assert solver_scheduler("heun", config).config.timestep_spacing == "trailing"
+    assert solver_scheduler("ddim_quadratic", config).config.timestep_spacing == "quadratic"
+    with pytest.raises(ValueError, match="name"):
+        solver_scheduler("ddpm", config)
+
+
+def test_solver_table_rejects_bad_arguments(gaussian_pipeline):
+    pipe = gaussian_pipeline(MEAN, STD, num_train_timesteps=20)
+    with pytest.raises(ValueError, match="samplers"):
+        solver_table(pipe, samplers=("euler", "rk45"), metric=_mean)
+    with pytest.raises(ValueError, match="nfes"):
+        solver_table(pipe, nfes=(0, 10), metric=_mean)
+    with pytest.raises(ValueError, match="metric"):
+        solver_table(pipe, nfes=(5,), metric="inception-score")
+
+
+def test_solver_table_on_the_exact_model_ranks_second_order_solvers_first(gaussian_pipeline):
+    # The exact ε-model of N(MEAN, STD²), value = |sample std − STD|. Measured: DPM-Solver++ 0.18 / 0.092 / 0.024 /
+    # 0.010 and UniPC 0.18 / 0.091 / 0.022 / 0.009 at 5 / 10 / 20 / 50 NFE, DDIM (first order) 0.054 at 20 and 0.019
+    # at 50; the DDPM 100-step reference 0.019. (At 5 NFE the last step, from t = 19 straight to x̂_0, shrinks the
+    # spread for every sampler.)
+    pipe = gaussian_pipeline(MEAN, STD, num_train_timesteps=100, beta_end=0.2)
+    samplers = ("ddim_linear", "dpmsolver++_2m", "unipc")
+    rows = solver_table(pipe, nfes=(5, 20, 50), samplers=samplers, num_samples=64, metric=std_error, progress=False)
+    value = {(r["sampler"], r["nfe"]): r["value"] for r in rows}
+    for name in ("dpmsolver++_2m", "unipc"):
+        assert value[name, 5] > value[name, 20] > value[name, 50]
+        assert value[name, 20] < 0.5 * value["ddim_linear", 20]
+    # No error column: a cell must match the reference's own |std − STD| (0.019), which both reach only at 50.
+    summary = {row["sampler"]: row["fewest_nfe"] for row in solver_summary(rows)}
+    assert summary["dpmsolver++_2m"] == 50 and summary["unipc"] == 50
+
+
+def test_solver_table_reports_fdd_with_its_error(gaussian_pipeline, digit_feature_space):
+    pipe = gaussian_pipeline(MEAN, STD, sample_size=16, num_train_timesteps=20)
+    rows = solver_table(pipe, nfes=(5,), samplers=("unipc",), num_samples=32, progress=False)
+    assert [(r["sampler"], r["metric"]) for r in rows] == [("unipc", "fdd"), ("ddpm_20", "fdd")]
+    assert all(0 < r["std_error"] < r["value"] and 0 <= r["precision"] <= 1 for r in rows)
+    (summary,) = solver_summary(rows)
+    assert summary["allowed_gap"] is None or summary["allowed_gap"] > 0

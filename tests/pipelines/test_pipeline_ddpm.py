@@ -306,23 +306,3 @@ def test_bfloat16_pipeline_samples_and_inverts_in_its_dtype(ddim_pipe):
     assert images.dtype == np.float32 and images.shape == (2, 8, 8, 3) and np.isfinite(images).all()
     with pytest.raises(ValueError, match="dtype"):
         ddim_pipe(batch_size=2, latents=latents.float())
-
-
-@IGNORE_CLIP_WARNING
-def test_channels_last_unet_keeps_the_chain_in_nhwc_and_samples_the_same_images(ddim_pipe, images_of):
-    # Oracle: the same pipeline in the default NCHW layout; the memory layout must not change the numbers.
-    assert ddim_pipe.memory_format == torch.contiguous_format
-    nchw = images_of(ddim_pipe, seed=2, num_inference_steps=5, eta=1.0)
-    ddim_pipe.unet.to(memory_format=torch.channels_last)
-    assert ddim_pipe.memory_format == torch.channels_last
-    layouts = []
-
-    def record(pipe, i, t, callback_kwargs):
-        layouts.append(callback_kwargs["latents"].is_contiguous(memory_format=torch.channels_last))
-        return callback_kwargs
-
-    nhwc = images_of(ddim_pipe, seed=2, num_inference_steps=5, eta=1.0, callback_on_step_end=record)
-    assert layouts == [True] * 5
-    torch.testing.assert_close(nhwc, nchw, atol=1e-5, rtol=0)
-    x_T = ddim_pipe.invert(nchw, num_inference_steps=5)
-    assert x_T.is_contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from diffusers.callbacks import SDCFGCutoffCallback
 
+from hf_ddpm.models.unet_2d import DDPMUNet2DModel
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 
@@ -29,9 +30,15 @@ def case(name, kwargs, error, *words, pipeline="ddim", method="__call__"):
     """One row: call `pipeline`'s `method` with `kwargs`; expect `error` with every one of `words` in its message.
 
     `pipeline` names a `<pipeline>_pipe` fixture: "ddim" / "ddpm" (tiny UNet, T = 10), "no_unet" / "no_scheduler"
-    (built with that component None).
+    (built with that component None), "cond" (the tiny UNet with 3 classes and the null label, DDIM, id2label).
     """
     return pytest.param(pipeline, method, kwargs, error, words, id=name)
+
+
+def scale_case(name, guidance_scale, error, *words):
+    """A row for `guidance_scale` alone: the class-conditional pipeline, a valid label."""
+    kwargs = {"class_labels": 0, "guidance_scale": guidance_scale}
+    return case(name, kwargs, error, "guidance_scale", *words, pipeline="cond")
 
 
 CASES = [
@@ -91,7 +98,7 @@ CASES = [
         {"callback_on_step_end": lambda *a: {}, "callback_on_step_end_tensor_inputs": ["prompt_embeds"]},
         ValueError,
         "callback_on_step_end_tensor_inputs",
-        "['latents']",
+        "['latents', 'class_labels']",
         "prompt_embeds",
     ),
     case(
@@ -113,12 +120,97 @@ CASES = [
         pipeline="no_unet",
         method="interpolate",
     ),
+    # class_labels: ints in [0, num_classes - 1] (the null label num_classes is guidance's own), one or one per sample
+    case("label_negative", {"class_labels": [0, -1]}, ValueError, "class_labels", "[0, 2]", "[-1]", pipeline="cond"),
+    case("label_is_null", {"class_labels": [3]}, ValueError, "[0, 2]", "null label", "got [3]", pipeline="cond"),
+    case("label_tensor_beyond", {"class_labels": torch.tensor([0, 5])}, ValueError, "got [5]", pipeline="cond"),
+    case(
+        "labels_count",
+        {"class_labels": [0, 1, 2], "batch_size": 2},
+        ValueError,
+        "class_labels holds 3 labels",
+        "batch_size is 2",
+        pipeline="cond",
+    ),
+    case("labels_empty", {"class_labels": []}, ValueError, "class_labels is empty", pipeline="cond"),
+    case("label_float", {"class_labels": [1.0]}, TypeError, "class_labels must be ints", "[1.0]", pipeline="cond"),
+    case("label_bool", {"class_labels": [True]}, TypeError, "class_labels must be ints", "[True]", pipeline="cond"),
+    case("label_name", {"class_labels": ["one"]}, TypeError, "class_labels", "get_label_ids", pipeline="cond"),
+    case(
+        "label_float_tensor",
+        {"class_labels": torch.tensor([1.0])},
+        TypeError,
+        "class_labels",
+        "integer tensor",
+        "float32",
+        pipeline="cond",
+    ),
+    case(
+        "labels_2d", {"class_labels": torch.zeros(2, 1, dtype=torch.long)}, ValueError, "0-d or 1-d", pipeline="cond"
+    ),
+    case("labels_unconditional", {"class_labels": [0]}, ValueError, "class_labels", "unconditional"),
+    case(
+        "invert_labels_count",
+        {"images": X, "class_labels": [0, 1, 2], "num_inference_steps": 5},
+        ValueError,
+        "class_labels holds 3 labels",
+        "2 images",
+        pipeline="cond",
+        method="invert",
+    ),
+    case(
+        "invert_labels_unconditional",
+        {"images": X, "class_labels": 0, "num_inference_steps": 5},
+        ValueError,
+        "unconditional",
+        method="invert",
+    ),
+    # guidance_scale: a finite number >= 0; only 1 (or None) without a class-conditional UNet, 0 or 1 without labels
+    scale_case("scale_negative", -1, ValueError, ">= 0", "-1"),
+    scale_case("scale_nan", float("nan"), ValueError, "finite", "nan"),
+    scale_case("scale_inf", float("inf"), ValueError, "finite", "inf"),
+    scale_case("scale_str", "2", TypeError, "real number", "str"),
+    scale_case("scale_bool", True, TypeError, "real number", "bool"),
+    case("scale_unconditional", {"guidance_scale": 2.0}, ValueError, "guidance_scale=2.0", "unconditional"),
+    case("scale_0_unconditional", {"guidance_scale": 0}, ValueError, "guidance_scale=0", "unconditional"),
+    case(
+        "scale_without_labels", {"guidance_scale": 3}, ValueError, "guidance_scale=3", "class_labels", pipeline="cond"
+    ),
+    case(
+        "invert_scale_negative",
+        {"images": X, "class_labels": 0, "guidance_scale": -0.5, "num_inference_steps": 5},
+        ValueError,
+        "guidance_scale",
+        "-0.5",
+        pipeline="cond",
+        method="invert",
+    ),
+    # label names: from id2label
+    case(
+        "unknown_name",
+        {"label": ["one", "seven"]},
+        ValueError,
+        "['seven']",
+        "known names",
+        "'nought'",
+        pipeline="cond",
+        method="get_label_ids",
+    ),
+    case("names_without_id2label", {"label": "one"}, ValueError, "id2label is None", method="get_label_ids"),
 ]
 
 
 @pytest.fixture
 def no_unet_pipe(quiet):
     return quiet(DDPMPipeline(unet=None, scheduler=DDIMScheduler(num_train_timesteps=10)))
+
+
+@pytest.fixture
+def cond_pipe(quiet):
+    torch.manual_seed(0)
+    unet = DDPMUNet2DModel.from_preset("tiny", num_class_embeds=4).eval()  # 3 classes and the null label
+    id2label = {0: "zero, nought", 1: "one", 2: "two"}
+    return quiet(DDPMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=10), id2label=id2label))
 
 
 @pytest.fixture
