@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 import math
 import os
@@ -59,6 +58,7 @@ from hf_ddpm.data import (
     seed_from,
 )
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+from hf_ddpm.pipelines.guidance import check_guidance_scale
 from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
@@ -103,9 +103,6 @@ PIPELINE_STAGING = ".pipeline-staging"
 PIPELINE_REPLACED = ".pipeline-replaced"
 # A class-conditional grid shows one row per class, for at most this many classes.
 GRID_MAX_CLASSES = 10
-# Whether DDPMPipeline takes `class_labels`/`guidance_scale` and `id2label` (hf_ddpm's class-conditional pipeline).
-# Without them a class-conditional run trains and saves, but draws no grids and records no class names.
-_PIPELINE_TAKES_LABELS = "class_labels" in inspect.signature(DDPMPipeline.__call__).parameters
 
 # Below the public helpers, the steps of `train` in the order it calls them, then `train` itself.
 
@@ -654,10 +651,12 @@ def _apply_resumed_flags(run: TrainingRun, saved_num_processes: int) -> None:
 def check_sample_grids(run: TrainingRun) -> None:
     """
     Fail now, on every process, if the sample grids cannot be drawn (every run ends with one): the grid sampler owns
-    the bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than a grid failing hours
-    into training on the main process alone.
+    the bounds on its settings (e.g. `--num_inference_steps` ≤ T, a finite `--guidance_scale`), so it is asked,
+    rather than a grid failing hours into training on the main process alone.
     """
     _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+    if run.num_classes is not None:
+        check_guidance_scale(run.args.guidance_scale, run.num_classes, has_labels=True)
 
 
 def announce_settings(run: TrainingRun) -> None:
@@ -866,13 +865,6 @@ def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: 
     return by_steps or by_epochs
 
 
-def _pipeline(unet: torch.nn.Module, scheduler, id2label: dict[int, str] | None) -> DDPMPipeline:
-    # A class-conditional run's pipeline keeps its class names (model_index.json's id2label).
-    if id2label is not None and _PIPELINE_TAKES_LABELS:
-        return DDPMPipeline(unet=unet, scheduler=scheduler, id2label=id2label)
-    return DDPMPipeline(unet=unet, scheduler=scheduler)
-
-
 def grid_layout(eval_batch_size: int, num_classes: int | None = None) -> tuple[int, int, list[int] | None]:
     """
     The rows and columns of a sample grid, and the class of each sample in row-major order.
@@ -900,19 +892,16 @@ def grid_layout(eval_batch_size: int, num_classes: int | None = None) -> tuple[i
 
 
 @torch.no_grad()
-def sample_grid(run: TrainingRun) -> Image.Image | None:
+def sample_grid(run: TrainingRun) -> Image.Image:
     """
     A grid of samples from the current (EMA) weights, with DDIM (`grid_layout`): a class-conditional run's rows are
-    its classes, guided with `--guidance_scale`. `None` when the pipeline cannot take class labels.
+    its classes, guided with `--guidance_scale`.
     """
     rows, cols, labels = grid_layout(run.args.eval_batch_size, run.num_classes)
-    if labels is not None and not _PIPELINE_TAKES_LABELS:
-        warnings.warn("This DDPMPipeline takes no class_labels: a class-conditional run draws no grids.", stacklevel=3)
-        return None
     conditioning = {} if labels is None else {"class_labels": labels, "guidance_scale": run.args.guidance_scale}
     with _ema_weights(run) as unet:
         unet.eval()
-        pipeline = _pipeline(unet, _grid_scheduler(run.noise_scheduler), run.id2label)
+        pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler), id2label=run.id2label)
         pipeline.set_progress_bar_config(disable=True)
         # Same seed every time, so successive grids show the same x_T's getting better.
         images = pipeline(
@@ -931,8 +920,6 @@ def save_sample_grid(run: TrainingRun) -> None:
     if not run.accelerator.is_main_process:
         return
     grid = sample_grid(run)
-    if grid is None:
-        return
     samples_dir = run.output_dir / "samples"
     samples_dir.mkdir(exist_ok=True)
     grid.save(samples_dir / f"step-{run.global_step:07d}.png")
@@ -1004,11 +991,10 @@ def save_pipeline(run: TrainingRun) -> None:
         "training_args": _card_settings(run),
         "datasets": [args.dataset_name] if args.dataset_name else None,
         "license": args.hub_license,
-        # The card draws its grid without labels, which only a pipeline that takes them can do for this UNet.
-        "sample_grid": run.id2label is None or _PIPELINE_TAKES_LABELS,
     }
     with _ema_weights(run) as unet:
-        pipeline = _pipeline(unet, run.noise_scheduler, run.id2label)
+        # A class-conditional run's pipeline keeps its class names (id2label in model_index.json).
+        pipeline = DDPMPipeline(unet=unet, scheduler=run.noise_scheduler, id2label=run.id2label)
         repo_id = args.hub_model_id if args.push_to_hub else None
         save_pipeline_atomically(pipeline, run.output_dir, repo_id=repo_id, **card)
         if args.push_to_hub:

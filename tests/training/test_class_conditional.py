@@ -1,7 +1,6 @@
 """Class-conditional training (classifier-free guidance, Ho & Salimans 2022): labels from the data reach the UNet,
 c ← ∅ with probability --class_dropout_prob from the seeded draws, exact resume, saved class names, grids, bad input."""
 
-import inspect
 import json
 
 import datasets
@@ -20,11 +19,6 @@ from hf_ddpm.training.loss import drop_class_labels
 
 CLASS_NAMES = ["cat", "dog", "emu"]
 NULL = len(CLASS_NAMES)  # ∅ is the last row of the class embedding
-# Saving id2label and drawing labelled grids need a DDPMPipeline that takes class labels.
-needs_labelled_pipeline = pytest.mark.skipif(
-    "class_labels" not in inspect.signature(DDPMPipeline.__call__).parameters,
-    reason="this DDPMPipeline takes no class_labels/id2label",
-)
 
 
 def _row_value(row: int) -> int:
@@ -136,7 +130,6 @@ def test_an_unconditional_run_records_no_conditioning_flags(tmp_path, image_data
     assert "class_dropout_prob" not in (tmp_path / "README.md").read_text()
 
 
-@needs_labelled_pipeline
 def test_class_names_are_saved_as_id2label_and_grids_have_one_row_per_class(tmp_path, labelled_dataset, tiny_flags):
     flags = _conditional(tiny_flags, tmp_path, "--max_train_steps", "1", "--eval_batch_size", "4")
     train(parse_args(flags), dataset=labelled_dataset)
@@ -169,8 +162,7 @@ def test_two_class_folders_train_a_two_class_model(tmp_path, tiny_flags):
     )
     train(parse_args([*flags, "--cache_dir", str(tmp_path / "cache")]))
     assert json.loads((out / "unet" / "config.json").read_text())["num_class_embeds"] == 3
-    if "id2label" in json.loads((out / "model_index.json").read_text()):
-        assert DDPMPipeline.from_pretrained(out).id2label == {0: "ants", 1: "bees"}
+    assert DDPMPipeline.from_pretrained(out).id2label == {0: "ants", 1: "bees"}
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
@@ -198,6 +190,14 @@ def test_a_label_column_not_in_the_dataset_lists_the_columns(tmp_path, labelled_
 def test_a_label_column_without_class_conditional_is_refused(tmp_path, tiny_flags):
     with pytest.raises(ValueError, match=r"--label_column 'label'.*--class_conditional"):
         parse_args(tiny_flags(tmp_path, "--label_column", "label"))
+
+
+def test_a_guidance_scale_the_grid_sampler_refuses_stops_the_run_before_its_first_step(
+    tmp_path, labelled_dataset, tiny_flags
+):
+    with pytest.raises(ValueError, match=r"guidance_scale must be a finite number >= 0, got inf"):
+        train(parse_args(_conditional(tiny_flags, tmp_path, "--guidance_scale", "inf")), dataset=labelled_dataset)
+    assert not list(tmp_path.glob("checkpoint-*"))
 
 
 @pytest.mark.parametrize("value", ["1", "-0.1", "x"])
