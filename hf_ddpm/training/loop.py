@@ -841,8 +841,10 @@ def maybe_checkpoint(run: TrainingRun) -> None:
 @contextlib.contextmanager
 def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
     """The unwrapped UNet holding the EMA weights (what the paper samples from) inside the block, its trained
-    weights again after it."""
+    weights and memory layout again after it."""
     unet = run.accelerator.unwrap_model(run.unet)
+    channels_last = use_channels_last(run.args, run.accelerator.mixed_precision)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     if run.ema_model is not None:
         run.ema_model.store(unet.parameters())
         run.ema_model.copy_to(unet.parameters())
@@ -851,6 +853,9 @@ def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
     finally:
         if run.ema_model is not None:
             run.ema_model.restore(unet.parameters())
+        # DDPMPipeline samples in NHWC on the CPU by converting the UNet in place; training goes on in its own
+        # layout, since a layout changes the kernels' rounding (the next steps would differ from a run without grids).
+        unet.to(memory_format=layout)
 
 
 def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: int | None) -> bool:
