@@ -261,11 +261,13 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
         [
             "checkpoint-2",
             "checkpoint-4",
+            "images",  # the model card's sample grid
             "logs",
             "model_index.json",
             "README.md",
             "samples",  # the final grid every run ends with
             "scheduler",
+            "training_summary.json",  # what the model card was written from
             "unet",
         ]
     )
