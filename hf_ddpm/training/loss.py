@@ -4,6 +4,8 @@
   `prediction_type`, and x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε comes from the scheduler's `add_noise` (eq. 4).
 - hybrid (Nichol & Dhariwal 2021, eq. 16): L_simple + λ·L_vlb for a learned variance, with L_vlb's term at t taken
   from the scheduler's `vlb_terms` (the KL terms of DDPM eq. 5 and the decoder NLL of eq. 13).
+- classifier-free guidance (Ho & Salimans 2022, Algorithm 1): a class-conditional network is trained on labels that
+  `drop_class_labels` replaces by the null label ∅ with probability p_uncond.
 """
 
 import math
@@ -14,7 +16,7 @@ import torch.nn.functional as F
 from hf_ddpm.schedulers import PREDICTION_TYPES
 from hf_ddpm.schedulers.scheduling_ddpm import LEARNED_VARIANCE_TYPES
 
-__all__ = ["LOSS_TYPES", "diffusion_loss", "training_target"]
+__all__ = ["LOSS_TYPES", "diffusion_loss", "drop_class_labels", "training_target"]
 
 LOSS_TYPES = ("simple", "hybrid")
 
@@ -114,3 +116,29 @@ def diffusion_loss(
         losses["vlb"] = vlb_bits_per_dim.mean()
         losses["loss"] = mse + vlb_weight * vlb
     return losses
+
+
+def drop_class_labels(
+    class_labels: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """
+    c ← ∅ with probability p_uncond, independently per label (Ho & Salimans 2022, Algorithm 1), so that the same
+    network learns ε_θ(x_t, t, c) and the unconditional ε_θ(x_t, t, ∅).
+
+    Args:
+        class_labels (`torch.Tensor`):
+            c per example, int64 `[B]` in [0, num_classes).
+        p_uncond (`float`):
+            The probability in [0, 1) of dropping a label.
+        null_label (`int`):
+            ∅: index `num_classes`, the last row of the UNet's class embedding (as in diffusers' `DiTPipeline`).
+        generator (`torch.Generator`, *optional*, defaults to `None`):
+            Source of the draws; `None` uses the global RNG (which the training loop reseeds per micro-batch).
+
+    Returns:
+        `torch.Tensor`: the labels, with ∅ where dropped.
+    """
+    if not 0 <= p_uncond < 1:
+        raise ValueError(f"p_uncond must be a probability in [0, 1), got {p_uncond!r}.")
+    dropped = torch.rand(class_labels.shape, generator=generator, device=class_labels.device) < p_uncond
+    return class_labels.masked_fill(dropped, null_label)

@@ -34,6 +34,13 @@ def image_dataset() -> datasets.Dataset:
 
 
 @pytest.fixture(scope="session")
+def labelled_image_dataset(image_dataset) -> datasets.Dataset:
+    """`image_dataset` with a `label` `ClassLabel` column of 3 classes, for class-conditional runs."""
+    labels = datasets.ClassLabel(names=["a", "b", "c"])
+    return image_dataset.add_column("label", [i % 3 for i in range(len(image_dataset))]).cast_column("label", labels)
+
+
+@pytest.fixture(scope="session")
 def tiny_dropout_config(tmp_path_factory) -> str:
     """The "tiny" preset with dropout 0.1 as a UNet config JSON, so exact resume must also restore dropout masks."""
     config = {**DDPMUNet2DModel.presets()["tiny"], "dropout": 0.1}

@@ -40,17 +40,30 @@ def _tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize(("accumulation", "stop", "total"), [(1, 3, 6), (2, 2, 4)])
+@pytest.mark.parametrize(
+    ("accumulation", "stop", "total", "conditional"), [(1, 3, 6, False), (2, 2, 4, False), (2, 2, 4, True)]
+)
 def test_resume_mid_epoch_is_bit_identical_to_an_uninterrupted_run(
-    tmp_path, image_dataset, tiny_dropout_config, tiny_flags, accumulation, stop, total
+    tmp_path,
+    image_dataset,
+    labelled_image_dataset,
+    tiny_dropout_config,
+    tiny_flags,
+    accumulation,
+    stop,
+    total,
+    conditional,
 ):
     # Dropout on, random flips on, EMA on, LR still warming up, stop mid-epoch (6 batches per epoch), with and
     # without gradient accumulation: data order, augmentations, t, ε, dropout, optimizer, LR schedule and EMA must
-    # all come back.
+    # all come back; and in a class-conditional run, each image's label and the null-label draws.
     common = [
         *("--model_config", tiny_dropout_config, "--random_flip", "--lr_warmup_steps", "5"),
         *("--gradient_accumulation_steps", str(accumulation), "--checkpointing_steps", str(stop)),
     ]
+    if conditional:
+        common += ["--class_conditional", "--class_dropout_prob", "0.5"]
+        image_dataset = labelled_image_dataset
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     train(parse_args(tiny_flags(straight, *common, "--max_train_steps", str(total))), dataset=image_dataset)
     train(parse_args(tiny_flags(interrupted, *common, "--max_train_steps", str(stop))), dataset=image_dataset)
@@ -248,11 +261,13 @@ def test_two_gloo_processes_train_resume_and_only_rank_0_writes(tmp_path, tiny_f
         [
             "checkpoint-2",
             "checkpoint-4",
+            "images",  # the model card's sample grid
             "logs",
             "model_index.json",
             "README.md",
             "samples",  # the final grid every run ends with
             "scheduler",
+            "training_summary.json",  # what the model card was written from
             "unet",
         ]
     )
