@@ -10,7 +10,7 @@ import pytest
 from hf_ddpm.schedulers import PREDICTION_TYPES
 from hf_ddpm.schedulers.scheduling_ddpm import BETA_SCHEDULES, VARIANCE_TYPES
 from hf_ddpm.training.args import build_parser, parse_args
-from hf_ddpm.training.loop import use_channels_last, use_random_flip
+from hf_ddpm.training.run import use_channels_last, use_random_flip
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,8 +14,9 @@ from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.training import loop
 from hf_ddpm.training.args import parse_args
 from hf_ddpm.training.checkpoint import read_training_args
-from hf_ddpm.training.loop import GRID_MAX_CLASSES, grid_layout, train
+from hf_ddpm.training.loop import train
 from hf_ddpm.training.loss import drop_class_labels
+from hf_ddpm.training.saving import GRID_MAX_CLASSES, grid_layout
 
 CLASS_NAMES = ["cat", "dog", "emu"]
 NULL = len(CLASS_NAMES)  # ∅ is the last row of the class embedding

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
-from hf_ddpm.training import loop
+from hf_ddpm.training import saving
 from hf_ddpm.training.args import parse_args
 from hf_ddpm.training.loop import train
 
@@ -25,13 +25,13 @@ def _pipeline_weights(pipeline: DDPMPipeline) -> dict[str, torch.Tensor]:
 
 
 def _record_saves(monkeypatch) -> list[int]:
-    steps, real = [], loop.save_pipeline
+    steps, real = [], saving.save_pipeline
 
     def recording(run):
         steps.append(run.global_step)
         real(run)
 
-    monkeypatch.setattr(loop, "save_pipeline", recording)
+    monkeypatch.setattr(saving, "save_pipeline", recording)
     return steps
 
 
@@ -80,12 +80,12 @@ def test_each_save_pushes_the_ema_pipeline_of_its_step(tmp_path, image_dataset, 
     # The local folder holds the last save beside the run's other outputs, and no staging leftovers.
     names = {p.name for p in out.iterdir()}
     assert {"model_index.json", "unet", "scheduler", "README.md", "samples", "checkpoint-3"} <= names
-    assert not names & {loop.PIPELINE_STAGING, loop.PIPELINE_REPLACED}
+    assert not names & {saving.PIPELINE_STAGING, saving.PIPELINE_REPLACED}
     _assert_bit_identical(_weights(out / "unet"), _weights(out / "checkpoint-3" / "unet_ema"))
 
 
 def test_an_interrupted_save_leaves_the_previous_pipeline_whole(tmp_path, image_dataset, tiny_flags, monkeypatch):
-    real_card, calls = loop.write_model_card, []
+    real_card, calls = saving.write_model_card, []
 
     def card_that_dies_on_the_second_save(*args, **kwargs):
         calls.append(1)
@@ -93,19 +93,19 @@ def test_an_interrupted_save_leaves_the_previous_pipeline_whole(tmp_path, image_
             raise KeyboardInterrupt
         return real_card(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "write_model_card", card_that_dies_on_the_second_save)
+    monkeypatch.setattr(saving, "write_model_card", card_that_dies_on_the_second_save)
     flags = tiny_flags(tmp_path, "--max_train_steps", "3", "--save_model_steps", "1", "--checkpointing_steps", "1")
     with pytest.raises(KeyboardInterrupt):
         train(parse_args(flags), dataset=image_dataset)
 
-    assert (tmp_path / loop.PIPELINE_STAGING / "unet").is_dir()  # the half-written save stayed aside
+    assert (tmp_path / saving.PIPELINE_STAGING / "unet").is_dir()  # the half-written save stayed aside
     pipeline = DDPMPipeline.from_pretrained(tmp_path)
     _assert_bit_identical(_pipeline_weights(pipeline), _weights(tmp_path / "checkpoint-1" / "unet_ema"))
     assert "| global_step | 1 |" in (tmp_path / "README.md").read_text()  # the card of the same save
 
     # The next run's save clears the leftovers and replaces the pipeline.
-    monkeypatch.setattr(loop, "write_model_card", real_card)
+    monkeypatch.setattr(saving, "write_model_card", real_card)
     train(parse_args([*flags, "--resume_from_checkpoint", "latest"]), dataset=image_dataset)
-    assert not (tmp_path / loop.PIPELINE_STAGING).exists() and not (tmp_path / loop.PIPELINE_REPLACED).exists()
+    assert not (tmp_path / saving.PIPELINE_STAGING).exists() and not (tmp_path / saving.PIPELINE_REPLACED).exists()
     pipeline = DDPMPipeline.from_pretrained(tmp_path)
     _assert_bit_identical(_pipeline_weights(pipeline), _weights(tmp_path / "checkpoint-3" / "unet_ema"))
