@@ -402,7 +402,11 @@ class DDPMPipeline(DiffusionPipeline):
                 `step` takes `sigma_hat` (hf_ddpm's `DDIMScheduler`).
             use_clipped_model_output (`bool`, *optional*, defaults to `None`):
                 As in `diffusers.DDIMPipeline`: `True`/`False` is passed to the scheduler's `step` (DDIM: re-derive ε̂
-                from the clipped x̂_0), which must take it; `None` passes nothing.
+                from the clipped x̂_0), which must take it. `None` passes nothing (diffusers' numbers), except while
+                guiding (s not 0 or 1) with a scheduler that clips or thresholds x̂_0 and takes the option: there it
+                means `True`. The guided ε̃ overshoots the data range, and a DDIM step that clips x̂_0 but keeps the
+                unclipped ε̃ in its direction term puts the overshoot back into x_{t−1}, step after step (on the
+                digits model, DDIM-50 at s = 3: 11.5 % of samples the requested digit, against 99.5 % re-derived).
             class_labels (`int`, `list[int]` or `torch.Tensor`, *optional*, defaults to `None`):
                 The class c of each sample, in [0, `num_classes` − 1] (names map to ids with
                 [`~DDPMPipeline.get_label_ids`]); a single label is used for the whole batch. Only for a
@@ -423,6 +427,8 @@ class DDPMPipeline(DiffusionPipeline):
         batch_size = guidance.batch_size
         self._check_call_inputs(batch_size, generator, output_type, latents)
         tensor_inputs = self._callback_tensor_names(callback_on_step_end, callback_on_step_end_tensor_inputs)
+        if use_clipped_model_output is None:
+            use_clipped_model_output = self._guided_clipping_default(guidance)
         step_kwargs = self._step_kwargs(
             generator, eta=eta, sigma_hat=sigma_hat, use_clipped_model_output=use_clipped_model_output
         )
@@ -503,6 +509,14 @@ class DDPMPipeline(DiffusionPipeline):
                 state["class_labels"], guidance.guidance_scale, guidance.batch_size, DEFAULT_GUIDANCE_SCALE
             )
         return state["latents"], guidance
+
+    def _guided_clipping_default(self, guidance: ClassifierFreeGuidance) -> bool | None:
+        """`True` (re-derive ε̃ from the clipped x̂_0) when both guidance halves run and the scheduler clips or
+        thresholds x̂_0 in a `step` that takes `use_clipped_model_output`; otherwise `None` (pass nothing)."""
+        config = self.scheduler.config
+        clips = bool(config.get("clip_sample", False) or config.get("thresholding", False))
+        takes_it = "use_clipped_model_output" in inspect.signature(self.scheduler.step).parameters
+        return True if guidance.is_batched and clips and takes_it else None
 
     def _step_kwargs(self, generator: Any, **options: Any) -> dict[str, Any]:
         """The keyword arguments `scheduler.step` takes: the generator, and each of `options` (η, σ̂, clipped ε̂),

@@ -155,6 +155,39 @@ def test_guidance_narrows_each_class_more_than_the_tilted_density(mixture_sample
             assert w1 == pytest.approx(expected_w1, rel=0.1, abs=0.005)
 
 
+def clipped_ddim_class_means(s: float, **call_kwargs) -> list[float]:
+    """Mean of each class's draws from DDIM (η = 0, 50 steps) that clips x̂_0, diffusers' default config."""
+    scheduler = DDIMScheduler(clip_sample=True)
+    model = ClassConditionalMixtureEpsModel(
+        scheduler.alphas_cumprod.tolist(), MIXTURE.weights, MIXTURE.means, MIXTURE.stds, sample_size=32
+    )
+    pipe = DDPMPipeline(model, scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    labels = torch.arange(K).repeat_interleave(PER_CLASS)
+    x0 = pipe(
+        class_labels=labels,
+        guidance_scale=s,
+        num_inference_steps=STEPS,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+        **call_kwargs,
+    ).images.double()
+    return [float(class_draws(x0, k).mean()) for k in range(K)]
+
+
+@pytest.mark.parametrize("s", [2.0, 3.0, 5.0])
+def test_guided_ddim_that_clips_re_derives_eps_so_each_class_stays_at_its_component(s):
+    # Measured, default (ε̃ re-derived from the clipped x̂_0): class means −0.87/0.06/0.87 (s = 2) to −0.90/0.05/0.89
+    # (s = 5), the unclipped chain's clamped into [−1, 1]. Keeping the unclipped ε̃ in the direction term instead
+    # (diffusers' DDIM default) adds the overshoot back each step: the outer classes land on the opposite side
+    # (s = 2: +0.07 and −0.66; s ≥ 3: +1.00 and −1.00).
+    means = clipped_ddim_class_means(s)
+    for k in range(K):
+        assert abs(means[k] - MIXTURE.means[k]) < 0.15, f"class {k}: mean {means[k]:.3f}, component {MIXTURE.means[k]}"
+    flipped = clipped_ddim_class_means(s, use_clipped_model_output=False)
+    assert flipped[0] > 0 and flipped[2] < 0, f"the explicit False no longer reaches diffusers' behaviour: {flipped}"
+
+
 # ------------------------------------------------------------------------------ the guided loop, on a real UNet
 NUM_CLASSES = 3
 NULL = NUM_CLASSES
@@ -218,6 +251,8 @@ def test_guided_sampling_equals_the_two_pass_loop_with_any_scheduler(name, s):
         generator=torch.Generator().manual_seed(2),
         **options,
     ).images
+    if s not in (0.0, 1.0) and name.startswith("ddim"):
+        options = {**options, "use_clipped_model_output": True}  # DDIM clips by default; guided, ε̃ is re-derived
     expected = reference_sample(
         pipe.unet, make_scheduler(), latents, [labels] * steps, s, steps, torch.Generator().manual_seed(2), **options
     )
@@ -314,8 +349,9 @@ def test_callback_sees_the_labels_and_its_labels_steer_the_following_steps():
         callback_on_step_end_tensor_inputs=["latents", "class_labels"],
     ).images
     assert seen == [[0, 2], [1, 1], [1, 1]]
+    reference_scheduler = DDIMScheduler(num_train_timesteps=10)  # clips x̂_0: guided, ε̃ is re-derived from it
     expected = reference_sample(
-        pipe.unet, DDIMScheduler(num_train_timesteps=10), latents, [labels, switched, switched], 2.0, 3
+        pipe.unet, reference_scheduler, latents, [labels, switched, switched], 2.0, 3, use_clipped_model_output=True
     )
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
