@@ -22,7 +22,7 @@ writes to --output_dir:
   scale s, the class accuracy and, per class against the real digits of that class, FDD, precision and recall
   (Ho & Salimans 2022's fidelity/diversity trade-off):
 
-      python examples/evaluate.py --pretrained outputs/digits-cond --tables guidance \
+      python examples/evaluate.py --pretrained outputs/digits --tables guidance \
           --guidance_scales 0,1,1.5,2,3,5 --samples_per_class 20
 
 Held-out images are the 1000 offline MNIST digits the training default never sees (the same ones the digit

@@ -10,7 +10,7 @@ guidance (`--guidance_scale`, the pipeline's default without it); on a digits mo
 class accuracy (the share of samples a classifier trained on real digits gives their requested digit with confidence
 >= 0.9), and `--score_unconditional` the same model at s = 0 beside it:
 
-    python examples/sample.py --pretrained outputs/digits-cond --samples_per_class 8 --score_digits --score_unconditional
+    python examples/sample.py --pretrained outputs/digits --samples_per_class 8 --score_digits --score_unconditional
 """
 
 from __future__ import annotations
