@@ -192,6 +192,7 @@ def bits_per_dim(
     batch_size: int | None = None,
     quantize: bool = False,
     variance_type: str | None = None,
+    class_labels: torch.Tensor | None = None,
     return_terms: bool = False,
 ) -> torch.Tensor | BitsPerDimOutput:
     r"""
@@ -219,6 +220,10 @@ def bits_per_dim(
             Round images that are off the 256-level grid to it instead of raising `ValueError`.
         variance_type (`str`, *optional*, defaults to `None`):
             Override the scheduler's `variance_type` for the bound (e.g. "fixed_large" for a DDIM-scheduled model).
+        class_labels (`torch.Tensor`, *optional*, defaults to `None`):
+            For a class-conditional UNet (required there), the label of each image, shape (N,): its class c for the
+            bound on −log p_θ(x_0 | c), or the null label ∅ (index `num_class_embeds − 1`) for the unconditional
+            −log p_θ(x_0). `None` for an unconditional UNet.
         return_terms (`bool`, *optional*, defaults to `False`):
             Return a [`BitsPerDimOutput`] with every term instead of the tensor of totals.
 
@@ -237,6 +242,7 @@ def bits_per_dim(
             f"`images` must have shape (N, {', '.join(map(str, expected))}) (N, C, H, W) to match the UNet, got "
             f"{tuple(images.shape)}."
         )
+    _check_class_labels(unet, class_labels, len(x0))
     if batch_size is None:
         batch_size = len(x0)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -263,7 +269,8 @@ def bits_per_dim(
             chunk = x0[start : start + batch_size]
             noise = randn_tensor(chunk.shape, generator=generator, device=device, dtype=chunk.dtype)
             x_t = scheduler.add_noise(chunk, noise, t)  # eq. 4
-            model_output = unet(x_t.to(unet.dtype), timestep).sample.to(chunk.dtype)
+            labels = {} if class_labels is None else {"class_labels": class_labels[start : start + batch_size].to(device)}
+            model_output = unet(x_t.to(unet.dtype), timestep, **labels).sample.to(chunk.dtype)
             nats = scheduler.vlb_terms(model_output, chunk, x_t, t).float().cpu()  # L_0 at t = 0, else L_{t-1}
             if t == 0:
                 decoder[start : start + batch_size] = nats
@@ -277,6 +284,24 @@ def bits_per_dim(
     return BitsPerDimOutput(
         bits_per_dim=total, prior=prior, decoder=decoder, terms=terms, timesteps=kl_timesteps, weights=weights
     )
+
+
+def _check_class_labels(unet, class_labels: torch.Tensor | None, num_images: int) -> None:
+    num_class_embeds = unet.config.get("num_class_embeds")
+    if num_class_embeds is None:
+        if class_labels is not None:
+            raise ValueError("`class_labels` were given but the UNet is unconditional (no num_class_embeds).")
+        return
+    if class_labels is None:
+        raise ValueError(
+            f"the UNet is class-conditional ({num_class_embeds} class embeddings): pass `class_labels`, each image's "
+            f"class for −log p(x | c), or the null label {num_class_embeds - 1} for the unconditional −log p(x)."
+        )
+    if class_labels.shape != (num_images,) or class_labels.dtype != torch.long:
+        raise ValueError(
+            f"`class_labels` must be a long tensor of shape ({num_images},), one per image, got "
+            f"{class_labels.dtype} of shape {tuple(class_labels.shape)}."
+        )
 
 
 def _sample_hw(sample_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:

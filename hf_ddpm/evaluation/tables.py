@@ -368,7 +368,8 @@ def nll_table(
     seed: int = 0,
 ) -> list[dict]:
     """
-    Negative log-likelihood bound in bits/dim of (held-out) images, DDPM Table 1's NLL column.
+    Negative log-likelihood bound in bits/dim of (held-out) images, DDPM Table 1's NLL column. For a class-conditional
+    model, the unconditional bound on −log p(x), through the null label ∅.
 
     Args:
         pipeline (`DDPMPipeline`):
@@ -387,12 +388,15 @@ def nll_table(
         `standard_error` (over images), `prior`, `decoder`, `kl_terms` (mean bits/dim of each part), `seconds`.
     """
     start = time.perf_counter()
+    num_classes = getattr(pipeline, "num_classes", None)
+    null_labels = None if num_classes is None else torch.full((len(images),), num_classes, dtype=torch.long)
     out = bits_per_dim(
         pipeline,
         images,
         generator=torch.Generator().manual_seed(seed),
         timesteps=timesteps,
         batch_size=batch_size,
+        class_labels=null_labels,
         return_terms=True,
     )
     total = out.bits_per_dim.double()

@@ -223,3 +223,40 @@ def test_images_off_the_grid_or_out_of_range_are_refused(gaussian_pipeline, data
         bits_per_dim(pipe, data, timesteps=0)
     with pytest.raises(ValueError, match="floating-point"):
         bits_per_dim(pipe, ((data + 1) * 127.5).round().to(torch.uint8))
+
+
+def test_conditional_unet_bound_takes_labels_and_the_null_label_gives_the_unconditional_one():
+    # Oracle: the unconditional UNet with the same weights. ∅'s embedding row set to zero adds nothing to the time
+    # embedding, so the conditional UNet at ∅ is that UNet, and so is its bound, draw for draw.
+    from hf_ddpm import DDPMPipeline, DDPMScheduler, DDPMUNet2DModel
+    from hf_ddpm.evaluation.tables import nll_table
+
+    torch.manual_seed(0)
+    unconditional = DDPMUNet2DModel.from_preset("tiny").eval()
+    conditional = DDPMUNet2DModel.from_preset("tiny", num_class_embeds=4).eval()
+    assert conditional.load_state_dict(unconditional.state_dict(), strict=False).missing_keys == [
+        "class_embedding.weight"
+    ]
+    with torch.no_grad():
+        conditional.class_embedding.weight[3] = 0.0
+    pipes = [DDPMPipeline(unet, DDPMScheduler()) for unet in (unconditional, conditional)]
+    for pipe in pipes:
+        pipe.set_progress_bar_config(disable=True)
+    noise = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    images = ((0.5 * noise).clamp(-1, 1) + 1).mul(127.5).round() / 127.5 - 1
+
+    def bits(pipe, labels=None):
+        generator = torch.Generator().manual_seed(2)
+        return bits_per_dim(pipe, images, generator=generator, timesteps=5, class_labels=labels)
+
+    null = torch.full((4,), 3, dtype=torch.long)
+    torch.testing.assert_close(bits(pipes[1], null), bits(pipes[0]), rtol=1e-6, atol=1e-6)
+    assert (bits(pipes[1], torch.tensor([0, 1, 2, 0])) - bits(pipes[0])).abs().max() > 1e-4  # labels reach the UNet
+    row = nll_table(pipes[1], images, timesteps=5, seed=2)[0]  # a conditional pipeline: the bound through ∅
+    assert row["bits_per_dim"] == pytest.approx(float(bits(pipes[0]).double().mean()), rel=1e-6)
+    with pytest.raises(ValueError, match="class-conditional.*null label 3"):
+        bits(pipes[1])
+    with pytest.raises(ValueError, match="shape \\(4,\\)"):
+        bits(pipes[1], null[:2])
+    with pytest.raises(ValueError, match="unconditional"):
+        bits(pipes[0], null)
