@@ -269,7 +269,9 @@ def bits_per_dim(
             chunk = x0[start : start + batch_size]
             noise = randn_tensor(chunk.shape, generator=generator, device=device, dtype=chunk.dtype)
             x_t = scheduler.add_noise(chunk, noise, t)  # eq. 4
-            labels = {} if class_labels is None else {"class_labels": class_labels[start : start + batch_size].to(device)}
+            labels = (
+                {} if class_labels is None else {"class_labels": class_labels[start : start + batch_size].to(device)}
+            )
             model_output = unet(x_t.to(unet.dtype), timestep, **labels).sample.to(chunk.dtype)
             nats = scheduler.vlb_terms(model_output, chunk, x_t, t).float().cpu()  # L_0 at t = 0, else L_{t-1}
             if t == 0:
