@@ -36,6 +36,7 @@ import torch
 from diffusers.utils import make_image_grid
 from huggingface_hub import ModelCard, ModelCardData, get_token
 
+from hf_ddpm.pipelines.guidance import DEFAULT_GUIDANCE_SCALE
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 
 __all__ = [
@@ -286,11 +287,12 @@ def _render(
         license=summary.get("license"),
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        tags=list(CARD_TAGS),
+        tags=list(CARD_TAGS) if _num_classes(pipeline) is None else [*CARD_TAGS[:-1], "class-conditional"],
         datasets=summary.get("datasets") or None,
     )
     training_args = summary.get("training_args") or {}
     num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
+    num_classes = _num_classes(pipeline)
     card = ModelCard.from_template(
         card_data,
         template_str=_template_text(),
@@ -307,8 +309,31 @@ def _render(
         ddim_steps=min(50, num_train_timesteps),
         training_args=_table_cells(training_args),
         metrics=_table_cells(summary.get("metrics") or {}),
+        classes=_class_list(pipeline, num_classes),
+        null_label=num_classes,
+        sample_arguments=_sample_arguments(num_classes),
     )
     return ModelCard(redact(card.content))
+
+
+def _num_classes(pipeline: Any) -> int | None:
+    """The number of classes of a class-conditional pipeline, `None` for an unconditional one."""
+    return getattr(pipeline, "num_classes", None)
+
+
+def _class_list(pipeline: Any, num_classes: int | None) -> str | None:
+    """`0 "name", 1 "name", ...` from the pipeline's `id2label`, or the indices alone; `None` if unconditional."""
+    if num_classes is None:
+        return None
+    id2label = {int(i): name for i, name in (getattr(pipeline, "id2label", None) or {}).items()}
+    return ", ".join(f'{i} "{id2label[i]}"' if i in id2label else str(i) for i in range(num_classes))
+
+
+def _sample_arguments(num_classes: int | None) -> str:
+    """The usage snippets' sampling arguments: four images, one class after another when there are classes."""
+    if num_classes is None:
+        return "batch_size=4"
+    return f"class_labels={[i % num_classes for i in range(4)]}, guidance_scale={DEFAULT_GUIDANCE_SCALE}"
 
 
 def build_model_card(
@@ -366,7 +391,8 @@ def _grid_layout(images: list) -> Any:
 def draw_sample_grid(pipeline: Any) -> Any:
     """
     16 samples drawn with DDIM (η = 0, 25 steps or T if fewer, seed 0), as one grid; the pipeline's scheduler and the
-    UNet's train/eval mode are left as they are.
+    UNet's train/eval mode are left as they are. A class-conditional pipeline draws classes 0, 1, 2, ... in turn
+    (cycling), with classifier-free guidance at its default scale.
 
     Args:
         pipeline (`DDPMPipeline`):
@@ -381,8 +407,11 @@ def draw_sample_grid(pipeline: Any) -> Any:
     was_training = pipeline.unet.training
     pipeline.unet.eval()  # no dropout while sampling
     try:
+        num_classes = _num_classes(pipeline)
+        labels = None if num_classes is None else [i % num_classes for i in range(GRID_IMAGES)]
         images = sampler(
             batch_size=GRID_IMAGES,
+            class_labels=labels,
             generator=torch.Generator().manual_seed(GRID_SEED),
             num_inference_steps=min(GRID_STEPS, int(scheduler.config.num_train_timesteps)),
             eta=0.0,
@@ -402,19 +431,24 @@ def _training_grid_note(path: Path, training_args: dict[str, str]) -> str:
     weights = {"True": "the EMA weights", "False": "the trained weights"}.get(
         training_args.get("use_ema"), "the model"
     )
+    if training_args.get("class_conditional") == "True":
+        how = ", ".join(
+            filter(None, [how, f"one row per class, guidance scale {training_args.get('guidance_scale')}"])
+        )
     return f"The last grid training drew (step {step}), from {weights} with DDIM, η = 0" + (
         f"; {how}." if how else "."
     )
 
 
-def _place_sample_grid(folder: Path, pipeline: Any, summary: dict[str, Any], draw: bool) -> str | None:
-    """Put the folder's sample grid at `SAMPLE_GRID_FILE` and return the card's line on how it was drawn."""
+def _place_sample_grid(folder: Path, home: Path, pipeline: Any, summary: dict[str, Any], draw: bool) -> str | None:
+    """Put the sample grid of `home` (the folder the card describes) at `folder / SAMPLE_GRID_FILE` and return the
+    card's line on how it was drawn."""
     target = folder / SAMPLE_GRID_FILE
-    training_grids = sorted((folder / "samples").glob("step-*.png"))
-    if (folder / "samples.png").is_file() or training_grids or draw:
+    training_grids = sorted((home / "samples").glob("step-*.png"))
+    if (home / "samples.png").is_file() or training_grids or draw:
         target.parent.mkdir(exist_ok=True)
-    if (folder / "samples.png").is_file():
-        shutil.copyfile(folder / "samples.png", target)
+    if (home / "samples.png").is_file():
+        shutil.copyfile(home / "samples.png", target)
         return "Samples supplied with the model (`samples.png`)."
     if training_grids:
         shutil.copyfile(training_grids[-1], target)
@@ -425,7 +459,10 @@ def _place_sample_grid(folder: Path, pipeline: Any, summary: dict[str, Any], dra
         return None
     steps = min(GRID_STEPS, int(pipeline.scheduler.config.num_train_timesteps))
     draw_sample_grid(pipeline).save(target)
-    return f"{GRID_IMAGES} samples drawn for this card with DDIM, η = 0, {steps} steps, seed {GRID_SEED}."
+    how = f"{GRID_IMAGES} samples drawn for this card with DDIM, η = 0, {steps} steps, seed {GRID_SEED}"
+    if _num_classes(pipeline) is not None:
+        how += f", classes 0, 1, 2, ... in turn (row-major), guidance scale {DEFAULT_GUIDANCE_SCALE}"
+    return how + "."
 
 
 # -------------------------------------------------------------------------------------------------- the folder
@@ -444,6 +481,7 @@ def write_model_card(
     license: str | None = None,
     datasets: list[str] | None = None,
     sample_grid: bool = True,
+    describes: str | os.PathLike | None = None,
 ) -> ModelCard:
     """
     Write `folder/README.md`, the model card of a saved pipeline, with `folder/training_summary.json` and
@@ -459,6 +497,10 @@ def write_model_card(
             Show a sample grid: the folder's `samples.png`, else the last `samples/step-*.png` training wrote, else
             16 samples drawn now with DDIM (η = 0, 25 steps, seed 0). `False` draws none (an existing grid is still
             shown).
+        describes (`str` or `os.PathLike`, *optional*, defaults to `None`):
+            The folder the card is for, when it is written into another one first (training saves into a staging
+            folder that is then renamed into place): its name titles the card and its `samples.png` or training
+            grids are shown. `None` means `folder`.
 
     Returns:
         `huggingface_hub.ModelCard`: the card that was written.
@@ -469,10 +511,11 @@ def write_model_card(
         summary = {**stored, "license": license or stored.get("license")}
     else:
         summary = _training_summary(training_args, metrics, datasets, license)
-    summary["sample_grid"] = _place_sample_grid(folder, pipeline, {**stored, **summary}, draw=sample_grid)
+    home = folder if describes is None else Path(describes)
+    summary["sample_grid"] = _place_sample_grid(folder, home, pipeline, {**stored, **summary}, draw=sample_grid)
     (folder / SUMMARY_FILE).write_text(redact(json.dumps(summary, indent=2, ensure_ascii=False)) + "\n", "utf-8")
 
-    repo_id = repo_id or f"<namespace>/{folder.resolve().name}"
+    repo_id = repo_id or f"<namespace>/{home.resolve().name}"
     card = _render(pipeline, repo_id, summary, _hf_ddpm_components(folder), summary["sample_grid"])
     card.save(folder / "README.md")
     return card

@@ -175,7 +175,7 @@ def save_pipeline_atomically(pipeline: DDPMPipeline, output_dir: Path, **card_op
     for leftover in (staging, replaced):
         shutil.rmtree(leftover, ignore_errors=True)
     pipeline.save_pretrained(staging)
-    write_model_card(staging, pipeline, **card_options)
+    write_model_card(staging, pipeline, describes=output_dir, **card_options)
     names = sorted(path.name for path in staging.iterdir() if path.name != "model_index.json")
     replaced.mkdir()
     for name in ["model_index.json", *names]:

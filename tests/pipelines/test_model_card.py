@@ -237,3 +237,27 @@ def test_card_of_a_folder_saved_without_repo_id_is_named_after_the_folder(ddpm_p
     text = write_model_card(folder, ddpm_pipe, sample_grid=False).text
     assert "\n# digits-run\n" in text
     assert 'DDPMPipeline.from_pretrained("<namespace>/digits-run")' in text
+
+
+def test_card_of_a_class_conditional_pipeline_lists_its_classes_and_draws_them_in_turn(tmp_path):
+    from hf_ddpm import DDIMScheduler, DDPMUNet2DModel
+
+    torch.manual_seed(0)
+    unet = DDPMUNet2DModel.from_preset("tiny", num_class_embeds=4)
+    pipe = DDPMPipeline(unet, DDPMScheduler(num_train_timesteps=10), id2label={0: "cat", 1: "dog", 2: "emu"})
+    text = write_model_card(saved(pipe, tmp_path / "pets"), pipe).text
+    assert "A class-conditional image-generation model" in text
+    assert "class-conditional" in front_matter((tmp_path / "pets" / "README.md").read_text())["tags"]
+    assert '0 "cat", 1 "dog", 2 "emu".' in text and "the null label ∅ is 3" in text
+    for block in python_blocks(text):
+        assert "batch_size=4" not in block
+    assert "class_labels=[0, 1, 2, 0], guidance_scale=2.0" in text
+    assert "classes 0, 1, 2, ... in turn (row-major), guidance scale 2.0" in text
+    # The grid: the same draws as the pipeline asked for those classes with DDIM, the card's seed and steps.
+    sampler = DDPMPipeline(unet, DDIMScheduler.from_config(pipe.scheduler.config))
+    sampler.set_progress_bar_config(disable=True)
+    labels = [i % 3 for i in range(16)]
+    images = sampler(class_labels=labels, generator=torch.Generator().manual_seed(0), num_inference_steps=10).images
+    expected = np.asarray(make_image_grid(images, rows=4, cols=4), dtype=np.int16)
+    drawn = np.asarray(Image.open(tmp_path / "pets" / "images" / "samples.png").convert("RGB"), dtype=np.int16)
+    assert np.abs(drawn - expected).max() == 0

@@ -121,6 +121,15 @@ def test_the_unet_has_a_null_class_and_the_card_and_records_say_how_it_was_train
     card = (tmp_path / "README.md").read_text()
     for row in ("num_classes", "class_dropout_prob", "guidance_scale"):
         assert row in card
+    # The card is written in a staging folder, but describes the output folder: its name, its last training grid.
+    assert f"\n# {tmp_path.name}\n" in card and ".pipeline-staging" not in card
+    assert "A class-conditional image-generation model" in card and "- class-conditional" in card
+    classes = ", ".join(f'{i} "{name}"' for i, name in enumerate(CLASS_NAMES))
+    assert f"the null label ∅ is {len(CLASS_NAMES)}):\n{classes}." in card
+    assert f"class_labels={[i % len(CLASS_NAMES) for i in range(4)]}, guidance_scale=2.0" in card
+    last_grid = sorted((tmp_path / "samples").glob("step-*.png"))[-1]
+    assert (tmp_path / "images" / "samples.png").read_bytes() == last_grid.read_bytes()
+    assert "one row per class, guidance scale 2" in card
 
 
 def test_an_unconditional_run_records_no_conditioning_flags(tmp_path, image_dataset, tiny_flags):

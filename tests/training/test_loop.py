@@ -174,6 +174,7 @@ def test_outputs_pipeline_card_sample_grid_and_tensorboard_scalars(tmp_path, ima
     assert pipeline.scheduler.config.num_train_timesteps == 1000
     card = (tmp_path / "README.md").read_text()
     assert card.startswith("---") and "hf_ddpm" in card and str(tmp_path) not in card
+    assert f"\n# {tmp_path.name}\n" in card and "An unconditional image-generation model" in card
 
     event_files = [p for p in (tmp_path / "logs").rglob("events.out.tfevents.*")]
     scalars, images = {}, []
