@@ -283,16 +283,16 @@ def _table_cells(settings: dict[str, str]) -> dict[str, str]:
 def _render(
     pipeline: Any, repo_id: str, summary: dict[str, Any], hf_ddpm_components: list[str], sample_grid: str | None
 ) -> ModelCard:
+    num_classes = _num_classes(pipeline)
     card_data = ModelCardData(
         license=summary.get("license"),
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        tags=list(CARD_TAGS) if _num_classes(pipeline) is None else [*CARD_TAGS[:-1], "class-conditional"],
+        tags=list(CARD_TAGS) if num_classes is None else [*CARD_TAGS[:-1], "class-conditional"],
         datasets=summary.get("datasets") or None,
     )
     training_args = summary.get("training_args") or {}
     num_train_timesteps = int(pipeline.scheduler.config.num_train_timesteps)
-    num_classes = _num_classes(pipeline)
     card = ModelCard.from_template(
         card_data,
         template_str=_template_text(),
