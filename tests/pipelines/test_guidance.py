@@ -32,24 +32,32 @@ def standard_normal_cdf(z: float) -> float:
     return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
-@pytest.fixture(scope="module")
-def mixture_samples() -> dict[float, torch.Tensor]:
-    """x_0 for each guidance scale s: rows k·PER_CLASS ... of class k, from the same x_T."""
-    scheduler = DDIMScheduler(clip_sample=False)
+def mixture_x0(s: float, clip_sample: bool, **call_kwargs) -> torch.Tensor:
+    """x_0 of 50 DDIM (η = 0) steps at guidance scale s with the mixture's exact ε, seed 0: rows k·PER_CLASS ... of
+    class k."""
+    scheduler = DDIMScheduler(clip_sample=clip_sample)
     model = ClassConditionalMixtureEpsModel(
         scheduler.alphas_cumprod.tolist(), MIXTURE.weights, MIXTURE.means, MIXTURE.stds, sample_size=32
     )
     pipe = DDPMPipeline(model, scheduler)
     pipe.set_progress_bar_config(disable=True)
     labels = torch.arange(K).repeat_interleave(PER_CLASS)
-    samples = {}
-    for s in SCALES:
-        generator = torch.Generator().manual_seed(0)
-        out = pipe(
-            class_labels=labels, guidance_scale=s, num_inference_steps=STEPS, output_type="latent", generator=generator
-        )
-        samples[s] = out.images.double()
-    return samples
+    generator = torch.Generator().manual_seed(0)
+    out = pipe(
+        class_labels=labels,
+        guidance_scale=s,
+        num_inference_steps=STEPS,
+        output_type="latent",
+        generator=generator,
+        **call_kwargs,
+    )
+    return out.images.double()
+
+
+@pytest.fixture(scope="module")
+def mixture_samples() -> dict[float, torch.Tensor]:
+    """x_0 for each guidance scale s, x̂_0 not clipped, all from the same x_T."""
+    return {s: mixture_x0(s, clip_sample=False) for s in SCALES}
 
 
 def class_draws(samples: torch.Tensor, k: int) -> np.ndarray:
@@ -156,22 +164,8 @@ def test_guidance_narrows_each_class_more_than_the_tilted_density(mixture_sample
 
 
 def clipped_ddim_class_means(s: float, **call_kwargs) -> list[float]:
-    """Mean of each class's draws from DDIM (η = 0, 50 steps) that clips x̂_0, diffusers' default config."""
-    scheduler = DDIMScheduler(clip_sample=True)
-    model = ClassConditionalMixtureEpsModel(
-        scheduler.alphas_cumprod.tolist(), MIXTURE.weights, MIXTURE.means, MIXTURE.stds, sample_size=32
-    )
-    pipe = DDPMPipeline(model, scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    labels = torch.arange(K).repeat_interleave(PER_CLASS)
-    x0 = pipe(
-        class_labels=labels,
-        guidance_scale=s,
-        num_inference_steps=STEPS,
-        output_type="latent",
-        generator=torch.Generator().manual_seed(0),
-        **call_kwargs,
-    ).images.double()
+    """Mean of each class's draws from DDIM that clips x̂_0, diffusers' default config."""
+    x0 = mixture_x0(s, clip_sample=True, **call_kwargs)
     return [float(class_draws(x0, k).mean()) for k in range(K)]
 
 
