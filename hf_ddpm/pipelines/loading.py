@@ -14,6 +14,7 @@ files come from the cache.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -160,8 +161,12 @@ def _looks_like_repo_id(path: str) -> bool:
     return not path.startswith((".", "/", "~")) and path.count("/") == 1 and not os.path.exists(path)
 
 
-def resolve_folder(path: str, hub: dict[str, Any], allow_pickle: bool) -> Path:
-    """A local folder as is; a repo id downloaded to (or found in) huggingface_hub's cache, configs and weights only."""
+def resolve_folder(path: str, options: _LoadOptions) -> Path:
+    """
+    A local folder as is; a repo id downloaded to (or found in) huggingface_hub's cache: the configs, and the UNet
+    weights `from_pretrained` will read (those of `options.variant`, or the plain ones; none when `options.unet` is
+    given), as diffusers downloads them, so that a repo holding fp32 and fp16 weights costs one of them.
+    """
     if os.path.isdir(path):
         return Path(path)
     if not _looks_like_repo_id(path):
@@ -169,19 +174,22 @@ def resolve_folder(path: str, hub: dict[str, Any], allow_pickle: bool) -> Path:
             f"pretrained_model_name_or_path={path!r} is neither a local folder nor a Hub repo id of the form "
             "'namespace/name'."
         )
+    hub = options.hub
     revision = _resolve_revision(path, hub)
     files = _repo_files(path, revision, hub)
     if files is not None:
         # Refuse from the listing, before anything (pickle least of all) is downloaded.
         if MODEL_INDEX not in files:
             raise ValueError(f"Hub repo {path!r} has no {MODEL_INDEX}: it is not a diffusers pipeline.")
-        check_weight_files(files, "unet", f"Hub repo {path!r}", allow_pickle)
-    patterns = [MODEL_INDEX, "*/config.json", "*/scheduler_config.json", "*/*.safetensors", "*/*.safetensors.index*"]
-    if allow_pickle:
-        patterns += [f"*/*{suffix}" for suffix in PICKLE_SUFFIXES] + ["*/*.bin.index*"]
-    options = {k: v for k, v in hub.items() if k != "revision"}
+        if options.unet is None:
+            check_weight_files(files, "unet", f"Hub repo {path!r}", options.allow_pickle)
+            _check_variant(files, options.variant, f"Hub repo {path!r}")
+    patterns = [MODEL_INDEX, "*/config.json", "*/scheduler_config.json"]
+    if options.unet is None:
+        patterns += weight_patterns("unet", options.variant, options.allow_pickle)
+    download_options = {k: v for k, v in hub.items() if k != "revision"}
     try:
-        return Path(snapshot_download(path, revision=revision, allow_patterns=patterns, **options))
+        return Path(snapshot_download(path, revision=revision, allow_patterns=patterns, **download_options))
     except LocalEntryNotFoundError as err:
         raise OSError(_not_cached_message(path, hub, err)) from err
 
@@ -295,14 +303,47 @@ def _read_model_index(folder: Path, where: str) -> dict[str, Any]:
     return index
 
 
-def _check_variant(unet_folder: Path, variant: str) -> None:
-    names = [p.name for p in unet_folder.glob(f"{WEIGHTS_NAME}*")]
-    # diffusion_pytorch_model.<variant>.safetensors, .<variant>-00001-of-00002.safetensors, .index.<variant>.json
-    if not any(f".{variant}." in name or f".{variant}-" in name for name in names):
+def weight_patterns(component: str, variant: str | None, allow_pickle: bool) -> list[str]:
+    """
+    The `fnmatch` patterns of the weight files `ModelMixin.from_pretrained` reads for `component`.
+
+    With a `variant`, diffusers' names for it (`diffusion_pytorch_model.fp16.safetensors`, its shards
+    `.fp16-00001-of-00002.safetensors` and index `.safetensors.index.fp16.json`, and the older
+    `-00001-of-00002.fp16.safetensors` / `.safetensors.fp16.index.json`); without one, the plain names. Pickle
+    suffixes only when `allow_pickle`.
+    """
+    stem = f"{component}/{WEIGHTS_NAME}"
+    shard = "-?????-of-?????"
+    patterns = []
+    for suffix in ["safetensors"] + ([s.lstrip(".") for s in PICKLE_SUFFIXES] if allow_pickle else []):
+        if variant is None:
+            patterns += [f"{stem}.{suffix}", f"{stem}{shard}.{suffix}", f"{stem}.{suffix}.index.json"]
+        else:
+            patterns += [
+                f"{stem}.{variant}.{suffix}",
+                f"{stem}.{variant}{shard}.{suffix}",
+                f"{stem}.{suffix}.index.{variant}.json",
+                f"{stem}{shard}.{variant}.{suffix}",
+                f"{stem}.{suffix}.{variant}.index.json",
+            ]
+    return patterns
+
+
+def _check_variant(files: list[str], variant: str | None, where: str) -> None:
+    """Refuse a `variant` the UNet's weights do not come in, or no variant when they come only in variants."""
+    weights = sorted(f for f in files if f.startswith(f"unet/{WEIGHTS_NAME}"))
+    if any(fnmatch.fnmatch(f, p) for f in weights for p in weight_patterns("unet", variant, allow_pickle=True)):
+        return
+    if variant is not None:
         # diffusers' words and type for the same mistake.
         raise ValueError(
             f"You are trying to load the model files of the `variant={variant}`, but no such modeling files are "
-            f"available in {unet_folder} (found: {sorted(names)})."
+            f"available in {where} (found: {weights})."
+        )
+    if weights:
+        raise ValueError(
+            f"{where} has no plain UNet weights ({WEIGHTS_NAME}.safetensors), only variants: {weights}. Pass the "
+            "variant their names carry, e.g. variant='fp16'."
         )
 
 
@@ -363,8 +404,7 @@ def _load_unet(folder: Path, where: str, entry: list, options: _LoadOptions) -> 
     unet_folder = folder / "unet"
     files = [p.relative_to(folder).as_posix() for p in unet_folder.rglob("*") if p.is_file()]
     check_weight_files(files, "unet", repr(where), options.allow_pickle)
-    if options.variant is not None:
-        _check_variant(unet_folder, options.variant)
+    _check_variant(files, options.variant, repr(where))
     if options.use_safetensors is not False:
         _check_weights_fit_config(unet_folder, options.variant)
     unet, info = DDPMUNet2DModel.from_pretrained(
@@ -402,7 +442,7 @@ def load_pipeline(pipeline_cls: type, pretrained_model_name_or_path: str | os.Pa
     """
     options = _LoadOptions.from_kwargs(kwargs)
     path = os.fspath(pretrained_model_name_or_path)
-    folder = resolve_folder(path, options.hub, options.allow_pickle)
+    folder = resolve_folder(path, options)
     index = _read_model_index(folder, path)
     unet = options.unet if options.unet is not None else _load_unet(folder, path, index["unet"], options)
     scheduler = options.scheduler

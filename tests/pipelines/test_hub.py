@@ -1,5 +1,6 @@
 """push_to_hub and loading from a repo id, with huggingface_hub's real client against the local Hub (tests/conftest.py)."""
 
+import copy
 import getpass
 import json
 import os
@@ -197,6 +198,75 @@ def test_repo_with_only_pickled_weights_is_refused_before_download(
     assert type(loaded.unet) is DDPMUNet2DModel
     fetched = [r.path for r in hub_server.request_log if f"/{hub_repo_id}/resolve/" in r.path]
     assert any(path.endswith("unet/diffusion_pytorch_model.bin") for path in fetched)
+
+
+def downloaded(hub_server, repo_id: str, load) -> set[str]:
+    """The repo files `load()` GETs from the local Hub (their contents, not only their metadata)."""
+    start = len(hub_server.request_log)
+    load()
+    marker = f"/{repo_id}/resolve/"
+    requests = hub_server.request_log[start:]
+    return {r.path.split(marker)[1].split("/", 1)[1] for r in requests if r.method == "GET" and marker in r.path}
+
+
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_a_repo_with_fp32_and_fp16_weights_costs_one_set_of_weights_as_with_diffusers(
+    hub_server, hub_repo_id, ddpm_pipe, tmp_path, variant
+):
+    ddpm_pipe.save_pretrained(tmp_path / "repo")
+    copy.deepcopy(ddpm_pipe.unet).half().save_pretrained(tmp_path / "repo" / "unet", variant="fp16")
+    HfApi().create_repo(hub_repo_id)
+    HfApi().upload_folder(repo_id=hub_repo_id, folder_path=tmp_path / "repo")
+
+    def weights(files):
+        return {f for f in files if f.startswith("unet/diffusion_pytorch_model")}
+
+    ours = downloaded(
+        hub_server,
+        hub_repo_id,
+        lambda: DDPMPipeline.from_pretrained(hub_repo_id, variant=variant, cache_dir=tmp_path / "ours"),
+    )
+    stock = downloaded(
+        hub_server,
+        hub_repo_id,
+        lambda: diffusers.DiffusionPipeline.from_pretrained(
+            hub_repo_id, variant=variant, cache_dir=tmp_path / "stock"
+        ),
+    )
+    expected = (
+        "unet/diffusion_pytorch_model.fp16.safetensors" if variant else "unet/diffusion_pytorch_model.safetensors"
+    )
+    assert weights(stock) == {expected}  # the oracle: what diffusers fetches
+    assert weights(ours) == {expected}
+
+
+def test_a_repo_id_with_a_unet_passed_in_downloads_no_weights(hub_server, hub_repo_id, ddpm_pipe):
+    ddpm_pipe.push_to_hub(hub_repo_id)
+    fetched = downloaded(
+        hub_server, hub_repo_id, lambda: DDPMPipeline.from_pretrained(hub_repo_id, unet=ddpm_pipe.unet)
+    )
+    assert "model_index.json" in fetched
+    assert not any(f.endswith(".safetensors") for f in fetched)
+
+
+def test_a_missing_variant_on_the_hub_is_refused_before_any_weights_are_downloaded(hub_server, hub_repo_id, ddpm_pipe):
+    ddpm_pipe.push_to_hub(hub_repo_id)
+    start = len(hub_server.request_log)
+    with pytest.raises(ValueError, match=r"`variant=fp16`, but no such modeling files .*unet/diffusion_pytorch_model"):
+        DDPMPipeline.from_pretrained(hub_repo_id, variant="fp16")
+    assert not [r for r in hub_server.request_log[start:] if "/resolve/" in r.path and r.path.endswith(".safetensors")]
+
+
+def test_a_repo_with_only_fp16_weights_asks_for_the_variant(hub_server, hub_repo_id, ddpm_pipe, tmp_path):
+    ddpm_pipe.save_pretrained(tmp_path, variant="fp16")
+    HfApi().create_repo(hub_repo_id)
+    HfApi().upload_folder(repo_id=hub_repo_id, folder_path=tmp_path)
+    for where in (hub_repo_id, tmp_path):
+        with pytest.raises(ValueError, match=r"no plain UNet weights .*fp16.safetensors.*variant='fp16'"):
+            DDPMPipeline.from_pretrained(where)
+    torch.testing.assert_close(
+        DDPMPipeline.from_pretrained(hub_repo_id, variant="fp16").unet.state_dict(), ddpm_pipe.unet.state_dict()
+    )
 
 
 # ------------------------------------------------------------------------------------ pushes of a trained folder
