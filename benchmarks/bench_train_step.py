@@ -9,7 +9,8 @@ Each side runs the optimizer and EMA its training script builds: diffusers' `tra
 `torch.optim.AdamW(...)` (torch's default implementation: a for-loop on the CPU, foreach on CUDA) and
 `EMAModel(...)` (`foreach=False`); hf_ddpm's `examples/train.py` calls `hf_ddpm.training.optimizer.adamw` (fused
 where torch has it) and `hf_ddpm.training.ema.EMAModel` (one lerp). `--no_ema` leaves the EMA out of both.
-hf_ddpm also takes its script's memory layout: NCHW in fp32, NHWC (channels_last) under bf16/fp16 autocast.
+hf_ddpm also takes its script's memory layout: NHWC (channels_last) on the CPU and under bf16/fp16 autocast, NCHW for
+fp32 on a GPU.
 `--variants` adds hf_ddpm runs that isolate one lever each: `same_optimizer` (diffusers' optimizer and EMA, i.e.
 the network alone), `foreach` (foreach AdamW), `channels_last` / `nchw` (UNet and batch in that layout),
 `compile` (`torch.compile` of the UNet, default inductor mode; its compile time is reported).
@@ -82,11 +83,13 @@ def make_optimizer(model: torch.nn.Module, side: str, implementation: str | None
     return adamw(model.parameters(), lr=2e-4, weight_decay=0.0, implementation=implementation or "auto")
 
 
-def script_uses_channels_last(precision: str) -> bool:
-    """Whether `examples/train.py` trains in NHWC by default at this precision (it does under bf16/fp16 autocast)."""
+def script_uses_channels_last(precision: str, device: torch.device) -> bool:
+    """Whether `examples/train.py` trains in NHWC by default at this precision on this device."""
     from hf_ddpm.training.loop import use_channels_last
 
-    return use_channels_last(argparse.Namespace(channels_last=None), "no" if precision == "fp32" else precision)
+    return use_channels_last(
+        argparse.Namespace(channels_last=None), "no" if precision == "fp32" else precision, device
+    )
 
 
 def in_layout(model, batch, channels_last: bool):
@@ -98,7 +101,7 @@ def in_layout(model, batch, channels_last: bool):
 
 def variant_step(name: str, ours, scheduler, batch, device, precision: str, ema: bool):
     """One hf_ddpm step with one lever changed (see the module docstring), on a copy of `ours`."""
-    channels_last = {"channels_last": True, "nchw": False}.get(name, script_uses_channels_last(precision))
+    channels_last = {"channels_last": True, "nchw": False}.get(name, script_uses_channels_last(precision, device))
     model, batch = in_layout(copy.deepcopy(ours), batch, channels_last)
     implementation = {"same_optimizer": "default", "foreach": "foreach"}.get(name)
     ema_model = make_ema(model, "stock" if name == "same_optimizer" else "ours", ema)
@@ -188,7 +191,7 @@ def memory_probe(args) -> None:
     model.train()
     batch = make_batch(model, args.batch_size, device)
     if args.memory_probe == "ours":
-        model, batch = in_layout(model, batch, script_uses_channels_last(args.precision))
+        model, batch = in_layout(model, batch, script_uses_channels_last(args.precision, device))
     optimizer = make_optimizer(model, args.memory_probe)
     ema = make_ema(model, args.memory_probe, not args.no_ema)
     step = make_step(model, scheduler, optimizer, ema, batch, device, args.precision)
@@ -430,7 +433,7 @@ def report_notes(args, macs_per_preset: dict[str, int]) -> list[str]:
             else " + EMA 0.9999 with warm-up (diffusers: `EMAModel`, foreach=False, as train_unconditional.py "
             "with --use_ema; hf_ddpm: `hf_ddpm.training.ema.EMAModel`, as examples/train.py)"
         )
-        + f"; preset dropout on; hf_ddpm in its script's memory layout (NCHW in fp32, NHWC under autocast); "
+        + f"; preset dropout on; hf_ddpm in its script's memory layout (NHWC on the CPU and under autocast); "
         f"{args.warmup} warm-up steps, {args.reps} interleaved repetitions.",
         "Speed-up = median over repetitions of (diffusers time / hf_ddpm time) from neighbouring runs; "
         "[95 % CI]: distribution-free confidence interval of that median (order statistics); "
@@ -462,9 +465,9 @@ def main() -> None:
         pair = make_pair(preset, args.batch_size, device)
         macs_per_preset[preset] = pair.macs
         for precision in args.precision:
-            # hf_ddpm in the layout examples/train.py picks at this precision (NHWC under autocast), on a copy.
+            # hf_ddpm in the layout examples/train.py picks at this precision and device, on a copy.
             ours_model, ours_batch = in_layout(
-                copy.deepcopy(pair.ours), pair.batch, script_uses_channels_last(precision)
+                copy.deepcopy(pair.ours), pair.batch, script_uses_channels_last(precision, device)
             )
             row, more_variant_rows, more_compile_rows = measure_throughput(
                 args, pair, precision, ours_model, ours_batch, device, peaks[precision]

@@ -3,7 +3,7 @@
     python benchmarks/profile_train_step.py --preset ddpm-cifar10 --batch_size 8 --steps 2
 
 Prints, per model, the operators with the most self time and the number of calls of the copy-type operators, and
-writes `benchmarks/results/profile_train_step.md`.
+writes `benchmarks/results/profile_train_step.md` (or `--output NAME`.md).
 """
 
 from __future__ import annotations
@@ -26,6 +26,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="Profiled steps (after one warm-up step).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument(
+        "--channels_last", action="store_true", help="Both models and the batch in NHWC (default: NCHW)."
+    )
+    parser.add_argument(
+        "--output", default="profile_train_step", help="Name of the Markdown file in benchmarks/results/."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
@@ -37,10 +43,12 @@ def main() -> None:
     x = torch.randn(args.batch_size, ours.config.in_channels, size, size, generator=g)
     t = torch.randint(0, 1000, (args.batch_size,), generator=g)
     noise = torch.randn(x.shape, generator=g)
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
 
     sections = []
     for name, model in (("diffusers UNet2DModel", stock), ("hf_ddpm DDPMUNet2DModel", ours)):
-        model.train()
+        model.train().to(memory_format=layout)
         opt = torch.optim.AdamW(model.parameters(), lr=2e-4)
 
         def step(model=model, opt=opt):
@@ -70,8 +78,9 @@ def main() -> None:
         print(sections[-1])
 
     write_report(
-        "profile_train_step",
-        f"Profile of one training step: {args.preset}, batch {args.batch_size}, fp32, CPU",
+        args.output,
+        f"Profile of one training step: {args.preset}, batch {args.batch_size}, fp32, "
+        f"{'NHWC' if args.channels_last else 'NCHW'}, CPU",
         info,
         sections,
         [

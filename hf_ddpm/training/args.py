@@ -353,8 +353,8 @@ def _add_speed_args(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Train the UNet in NHWC memory layout: the same steps (with dropout, other random masks: they are "
-        "drawn in memory order). Default: on under bf16/fp16 mixed precision, off in fp32; measurements in "
-        "benchmarks/README.md.",
+        "drawn in memory order). Default: on on the CPU and under bf16/fp16 mixed precision, off for fp32 on a GPU; "
+        "measurements in benchmarks/README.md.",
     )
     speed.add_argument(
         "--gradient_checkpointing",

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 from diffusers.training_utils import EMAModel
 from diffusers.utils import logging as diffusers_logging
@@ -27,6 +28,7 @@ __all__ = [
     "TRAINING_ARGS_NAME",
     "checkpoint_step",
     "list_checkpoints",
+    "match_state_layouts",
     "prune_checkpoints",
     "read_training_args",
     "register_checkpoint_hooks",
@@ -292,6 +294,34 @@ def _images_per_step(flags: dict[str, Any]) -> int | None:
 
 def _batch_geometry(flags: dict[str, Any]) -> str:
     return f"{' × '.join(str(flags.get(name)) for name in _BATCH_GEOMETRY)} = {_images_per_step(flags)}"
+
+
+def match_state_layouts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ema_model: EMAModel | None) -> None:
+    """
+    Give each optimizer state tensor and EMA weight its parameter's memory layout (NCHW or NHWC), after a resume.
+
+    A checkpoint keeps the strides it was saved with, so a run saved in one layout and resumed in the other (NHWC
+    became the CPU default; `--channels_last` may be switched) would pair NCHW Adam moments with NHWC weights. Torch's
+    fused AdamW pairs elements by memory position, not by index: it would apply each moment to another weight.
+
+    Args:
+        model (`torch.nn.Module`):
+            The (unwrapped) UNet, in the layout the run trains in.
+        optimizer (`torch.optim.Optimizer`):
+            Its optimizer (or Accelerate's wrapper of it), state loaded.
+        ema_model (`EMAModel`, *optional*):
+            The EMA of `model`'s parameters, weights loaded.
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the torch one
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+    if ema_model is not None:
+        ema_model.shadow_params = [
+            torch.empty_like(p, dtype=s.dtype).copy_(s) if s.shape == p.shape and s.stride() != p.stride() else s
+            for s, p in zip(ema_model.shadow_params, model.parameters(), strict=True)
+        ]
 
 
 def register_checkpoint_hooks(accelerator: Accelerator, model_cls: type, ema_model: EMAModel | None = None) -> None:

@@ -52,6 +52,7 @@ from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
 from hf_ddpm.training.args import validate_args
 from hf_ddpm.training.checkpoint import (
     checkpoint_step,
+    match_state_layouts,
     read_training_args,
     register_checkpoint_hooks,
     resolve_checkpoint,
@@ -174,7 +175,7 @@ def build_components(
     embeddings for a class-conditional run), the noise scheduler and the EMA."""
     set_seed(args.seed)
     unet = build_unet(args.model_config, args.resolution, args.variance_type, num_classes)
-    if use_channels_last(args, accelerator.mixed_precision):
+    if use_channels_last(args, accelerator.mixed_precision, accelerator.device):
         unet.to(memory_format=torch.channels_last)  # the same weights and numbers; the EMA copies keep the layout
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()  # recompute each block in backward: less memory, more compute
@@ -257,6 +258,7 @@ def resume(run: TrainingRun) -> None:
     if checkpoint is not None:
         run.accelerator.print(f"Resuming from {checkpoint}")
         run.accelerator.load_state(str(checkpoint))
+        match_state_layouts(run.accelerator.unwrap_model(run.unet), run.optimizer, run.ema_model)
         run.global_step = checkpoint_step(checkpoint)
         saved = read_training_args(checkpoint)
         _apply_resumed_flags(run, (saved or {}).get("num_processes", run.accelerator.num_processes))

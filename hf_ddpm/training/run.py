@@ -18,9 +18,15 @@ from hf_ddpm.training.ema import EMAModel
 __all__ = ["TrainingRun", "hparams", "run_record", "use_channels_last", "use_random_flip"]
 
 
-def use_channels_last(args: argparse.Namespace, mixed_precision: str) -> bool:
-    """`--channels_last`, or by default NHWC exactly under bf16/fp16 autocast (see `benchmarks/README.md`)."""
-    return args.channels_last if args.channels_last is not None else mixed_precision in ("bf16", "fp16")
+def use_channels_last(args: argparse.Namespace, mixed_precision: str, device: torch.device) -> bool:
+    """
+    `--channels_last`, or by default NHWC where it was measured faster (`benchmarks/README.md`): on the CPU, where
+    oneDNN convolves NHWC without reordering to its blocked layout, and under bf16/fp16 autocast; NCHW for fp32 on
+    other devices, where it was not measured.
+    """
+    if args.channels_last is not None:
+        return args.channels_last
+    return device.type == "cpu" or mixed_precision in ("bf16", "fp16")
 
 
 def use_random_flip(args: argparse.Namespace) -> bool:
@@ -87,7 +93,7 @@ def hparams(run: TrainingRun) -> dict:
         **vars(args),
         "random_flip": use_random_flip(args),
         "mixed_precision": run.accelerator.mixed_precision,
-        "channels_last": use_channels_last(args, run.accelerator.mixed_precision),
+        "channels_last": use_channels_last(args, run.accelerator.mixed_precision, run.accelerator.device),
         "data": run.data_description,
         "num_train_images": len(run.dataloader.dataset),
     }

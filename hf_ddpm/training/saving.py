@@ -55,7 +55,7 @@ def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
     """The unwrapped UNet holding the EMA weights (what the paper samples from) inside the block, its trained
     weights and memory layout again after it."""
     unet = run.accelerator.unwrap_model(run.unet)
-    channels_last = use_channels_last(run.args, run.accelerator.mixed_precision)
+    channels_last = use_channels_last(run.args, run.accelerator.mixed_precision, run.accelerator.device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if run.ema_model is not None:
         run.ema_model.store(unet.parameters())

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hf_ddpm.schedulers import PREDICTION_TYPES
 from hf_ddpm.schedulers.scheduling_ddpm import BETA_SCHEDULES, VARIANCE_TYPES
@@ -125,8 +126,10 @@ def test_unknown_choice_is_refused_by_argparse(capsys):
     assert "invalid choice: 'x0'" in capsys.readouterr().err
 
 
-def test_channels_last_defaults_to_on_under_mixed_precision_only():
-    assert use_channels_last(parse_args([]), "no") is False
-    assert use_channels_last(parse_args([]), "bf16") is True
-    assert use_channels_last(parse_args(["--no-channels_last"]), "bf16") is False
-    assert use_channels_last(parse_args(["--channels_last"]), "no") is True
+def test_channels_last_defaults_to_on_on_the_cpu_and_under_mixed_precision():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_channels_last(parse_args([]), "no", cpu) is True
+    assert use_channels_last(parse_args([]), "no", cuda) is False
+    assert use_channels_last(parse_args([]), "bf16", cuda) is True
+    assert use_channels_last(parse_args(["--no-channels_last"]), "bf16", cpu) is False
+    assert use_channels_last(parse_args(["--channels_last"]), "no", cuda) is True

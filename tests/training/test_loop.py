@@ -329,8 +329,9 @@ def _assert_same_training(expected_dir: Path, actual_dir: Path) -> None:
 @pytest.mark.parametrize(
     ("option", "dropout"),
     [
-        # Dropout draws its mask in memory order, so an NHWC run has other (equally distributed) masks: no dropout.
-        ("--channels_last", False),
+        # NHWC is the CPU default, so NCHW is the option here. Dropout draws its mask in memory order, so the two
+        # layouts draw other (equally distributed) masks: no dropout.
+        ("--no-channels_last", False),
         # Dropout on: checkpointing must replay the same masks when it recomputes a block.
         ("--gradient_checkpointing", True),
     ],
@@ -344,6 +345,30 @@ def test_speed_and_memory_options_take_the_same_steps(
     train(parse_args(tiny_flags(tmp_path / "plain", *flags)), dataset=image_dataset)
     train(parse_args(tiny_flags(tmp_path / "option", *flags, option)), dataset=image_dataset)
     _assert_same_training(tmp_path / "plain", tmp_path / "option")
+
+
+@pytest.mark.parametrize(
+    ("saved_in", "resumed_in"), [(["--no-channels_last"], []), ([], ["--no-channels_last"])], ids=["nchw", "nhwc"]
+)
+def test_a_run_resumed_in_the_other_layout_continues_the_same_run(
+    tmp_path, image_dataset, tiny_flags, saved_in, resumed_in
+):
+    # Checkpoints from before NHWC became the CPU default hold NCHW weights and Adam moments (and `--channels_last`
+    # can be switched on resume): the other layout must continue the same run up to kernel rounding, not pair the
+    # moments with the wrong weights (torch's fused AdamW goes by memory position).
+    flags = ["--checkpointing_steps", "1", "--checkpoints_total_limit", "2"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train(parse_args(tiny_flags(straight, *flags, "--max_train_steps", "2", *saved_in)), dataset=image_dataset)
+    train(parse_args(tiny_flags(interrupted, *flags, "--max_train_steps", "1", *saved_in)), dataset=image_dataset)
+    train(
+        parse_args(
+            tiny_flags(
+                interrupted, *flags, "--max_train_steps", "2", "--resume_from_checkpoint", "latest", *resumed_in
+            )
+        ),
+        dataset=image_dataset,
+    )
+    _assert_same_training(straight, interrupted)
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def test_a_run_says_which_defaults_differ_and_records_the_resolved_values(tmp_pa
 
     (hparams_file,) = (tmp_path / "logs").rglob("hparams.yml")
     hparams = yaml.safe_load(hparams_file.read_text())
-    assert (hparams["random_flip"], hparams["mixed_precision"], hparams["channels_last"]) == (False, "no", False)
+    assert (hparams["random_flip"], hparams["mixed_precision"], hparams["channels_last"]) == (False, "no", True)
     assert (hparams["num_train_images"], hparams["data"]) == (22, "a dataset passed to train()")
 
     card = (tmp_path / "README.md").read_text()
