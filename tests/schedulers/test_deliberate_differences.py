@@ -1,5 +1,5 @@
 """Where hf_ddpm's schedulers deliberately behave unlike diffusers 0.42: each test pins both behaviours, so a change
-on either side shows up here (README, "Why hf_ddpm")."""
+on either side shows up here (docs/diffusers_differences.md)."""
 
 import diffusers
 import pytest
