@@ -77,6 +77,13 @@ class TrainingRun:
         return None if self.id2label is None else len(self.id2label)
 
     @property
+    def memory_format(self) -> torch.memory_format:
+        """The UNet's layout in this run: NHWC (`torch.channels_last`) or NCHW, as `use_channels_last` decides."""
+        if use_channels_last(self.args, self.accelerator.mixed_precision, self.accelerator.device):
+            return torch.channels_last
+        return torch.contiguous_format
+
+    @property
     def output_dir(self) -> Path:
         return Path(self.args.output_dir)
 
@@ -93,7 +100,7 @@ def hparams(run: TrainingRun) -> dict:
         **vars(args),
         "random_flip": use_random_flip(args),
         "mixed_precision": run.accelerator.mixed_precision,
-        "channels_last": use_channels_last(args, run.accelerator.mixed_precision, run.accelerator.device),
+        "channels_last": run.memory_format == torch.channels_last,
         "data": run.data_description,
         "num_train_images": len(run.dataloader.dataset),
     }

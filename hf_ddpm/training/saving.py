@@ -20,7 +20,7 @@ from hf_ddpm.pipelines.model_card import write_model_card
 from hf_ddpm.pipelines.pipeline_ddpm import DDPMPipeline
 from hf_ddpm.schedulers.scheduling_ddim import DDIMScheduler
 from hf_ddpm.schedulers.scheduling_ddpm import DDPMScheduler
-from hf_ddpm.training.run import TrainingRun, hparams, use_channels_last
+from hf_ddpm.training.run import TrainingRun, hparams
 
 __all__ = [
     "GRID_MAX_CLASSES",
@@ -55,8 +55,6 @@ def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
     """The unwrapped UNet holding the EMA weights (what the paper samples from) inside the block, its trained
     weights and memory layout again after it."""
     unet = run.accelerator.unwrap_model(run.unet)
-    channels_last = use_channels_last(run.args, run.accelerator.mixed_precision, run.accelerator.device)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
     if run.ema_model is not None:
         run.ema_model.store(unet.parameters())
         run.ema_model.copy_to(unet.parameters())
@@ -67,7 +65,7 @@ def _ema_weights(run: TrainingRun) -> Iterator[torch.nn.Module]:
             run.ema_model.restore(unet.parameters())
         # DDPMPipeline samples in NHWC on the CPU by converting the UNet in place; training goes on in its own
         # layout, since a layout changes the kernels' rounding (the next steps would differ from a run without grids).
-        unet.to(memory_format=layout)
+        unet.to(memory_format=run.memory_format)
 
 
 def _periodic_save_due(run: TrainingRun, every_steps: int | None, every_epochs: int | None) -> bool:
