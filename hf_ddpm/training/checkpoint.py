@@ -315,13 +315,18 @@ def match_state_layouts(model: torch.nn.Module, optimizer: torch.optim.Optimizer
     optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the torch one
     for param, state in optimizer.state.items():
         for key, value in state.items():
-            if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+            state[key] = _in_layout_of(param, value)
     if ema_model is not None:
         ema_model.shadow_params = [
-            torch.empty_like(p, dtype=s.dtype).copy_(s) if s.shape == p.shape and s.stride() != p.stride() else s
-            for s, p in zip(ema_model.shadow_params, model.parameters(), strict=True)
+            _in_layout_of(p, s) for s, p in zip(ema_model.shadow_params, model.parameters(), strict=True)
         ]
+
+
+def _in_layout_of(param: torch.Tensor, value: Any) -> Any:
+    """`value` copied into `param`'s strides when it is a tensor of `param`'s shape laid out otherwise, else itself."""
+    if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+        return torch.empty_like(param, dtype=value.dtype).copy_(value)
+    return value
 
 
 def register_checkpoint_hooks(accelerator: Accelerator, model_cls: type, ema_model: EMAModel | None = None) -> None:
